@@ -1,0 +1,69 @@
+"""Exit codes and the user-facing exceptions that carry them.
+
+The CLI maps every exception below to its exit code in one place; scripts driving long jobs rely
+on these numbers, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    SOME_PAGES_FAILED = 1
+    BAD_ARGUMENTS = 2
+    MISSING_DEPENDENCY = 3
+    OUTPUT_IN_USE = 4
+    INTERRUPTED = 130
+
+
+class AnandaSkyError(Exception):
+    """Base class: a failure the user can act on. `str(err)` is the one-line message."""
+
+    exit_code: ExitCode = ExitCode.BAD_ARGUMENTS
+
+
+class BadArguments(AnandaSkyError):
+    exit_code = ExitCode.BAD_ARGUMENTS
+
+
+class CheckpointError(AnandaSkyError):
+    """A weights folder is missing files or its tensors do not match the config."""
+
+    exit_code = ExitCode.BAD_ARGUMENTS
+
+
+class ConfigMismatch(AnandaSkyError):
+    """An output folder holds results made under different settings."""
+
+    exit_code = ExitCode.BAD_ARGUMENTS
+
+
+class MissingDependency(AnandaSkyError):
+    """A library, system tool or device runtime the requested feature needs is absent."""
+
+    exit_code = ExitCode.MISSING_DEPENDENCY
+
+
+class OutputInUse(AnandaSkyError):
+    """Another run holds the output folder."""
+
+    exit_code = ExitCode.OUTPUT_IN_USE
+
+
+class InputError(AnandaSkyError):
+    """One input document or page cannot be read; the run records it and goes on."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class DocumentError(InputError):
+    """The whole document is unusable (corrupt, encrypted, empty, too large...)."""
+
+
+class PageError(InputError):
+    """One page of an otherwise readable document is unusable."""

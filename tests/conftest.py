@@ -1,0 +1,44 @@
+"""Shared fixtures: paths into ../shared and the ALTO schema validator."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TESTDATA = SHARED / "testdata"
+SCHEMAS = SHARED / "schemas"
+
+
+@functools.cache
+def _schema(name: str):
+    from lxml import etree
+
+    return etree.XMLSchema(etree.parse(str(SCHEMAS / name)))
+
+
+def assert_valid_xml(path_or_bytes, schema_name: str) -> None:
+    """Validate against one of ../shared/schemas; fail with the schema's own error log."""
+    from lxml import etree
+
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        doc = etree.fromstring(bytes(path_or_bytes)).getroottree()
+    else:
+        doc = etree.parse(str(path_or_bytes))
+    schema = _schema(schema_name)
+    if not schema.validate(doc):
+        raise AssertionError(f"{path_or_bytes!s:.200} is not valid {schema_name}:\n{schema.error_log}")
+
+
+def assert_valid_alto(path_or_bytes) -> None:
+    assert_valid_xml(path_or_bytes, "alto-4-4.xsd")
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not TESTDATA.is_dir():
+        pytest.fail(f"shared test data not found at {TESTDATA}")
+    return TESTDATA
