@@ -1,0 +1,312 @@
+"""Open raster images safely and normalise every page to 8-bit RGB the model can read.
+
+Scans reach an archive in every shape Pillow knows: CMYK and Lab, 16-bit grey, palettes with
+transparency, EXIF-rotated phone photos, multi-page TIFFs, and hostile headers that promise
+billions of pixels. This module turns all of them into one thing (an upright RGB image on a white
+background) and refuses oversized images from their header, before any pixel is decoded.
+
+Pages: every page of a multi-page TIFF is a page (reduced-resolution copies and transparency
+masks stored as extra TIFF frames are not). GIF, WebP and PNG animations give their first frame
+only: an animation's frames are states of one picture, not pages of a document.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.errors import DocumentError, InputError, PageError
+
+WHITE = (255, 255, 255)
+_TIFF_NEW_SUBFILE_TYPE = 254
+_SUBFILE_REDUCED = 0x1  # a thumbnail / lower-resolution copy of another frame
+_SUBFILE_MASK = 0x4  # a transparency mask for another frame
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATION_OPS: dict[int, tuple[Image.Transpose, ...]] = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+# Pillow's own bomb check is a process-wide global with a lower limit than archives need
+# (a 600-DPI newspaper scan passes 200 Mpx); while any call here runs, it is switched off and
+# the per-call limit below is applied to every page header instead.
+_LIMIT_LOCK = threading.Lock()
+_limit_users = 0
+_saved_limit: int | None = None
+
+
+@contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    global _limit_users, _saved_limit
+    with _LIMIT_LOCK:
+        if _limit_users == 0:
+            _saved_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _limit_users += 1
+    try:
+        with warnings.catch_warnings():
+            # Damaged EXIF blocks only cost us the orientation; they are not worth a warning.
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        with _LIMIT_LOCK:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _saved_limit
+
+
+@contextmanager
+def _open(path: Path, fmt: str) -> Iterator[Image.ImageFile.ImageFile]:
+    """Open the header only, as the format the bytes say, and map failures to DocumentError.
+
+    Pillow gets a file object, not the path: from a path it memory-maps uncompressed TIFFs, and
+    on that path Pillow 13 applies the TIFF orientation tag wrongly (a flip instead of a turn).
+    """
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by `with file` below
+    except FileNotFoundError as err:
+        raise DocumentError(
+            "file not found", "it was moved or deleted after it was found; run again"
+        ) from err
+    except OSError as err:
+        raise DocumentError(
+            "unreadable file", f"{err.strerror or err}; check its permissions and run again"
+        ) from err
+    with file, _own_pixel_limit():
+        try:
+            image = Image.open(file, formats=[fmt])
+        except Image.UnidentifiedImageError as err:
+            raise DocumentError(
+                "corrupt image", f"its {fmt} header cannot be parsed; export or scan it again"
+            ) from err
+        except Exception as err:  # hostile headers raise anything from struct.error to EOFError
+            raise _decode_error(err, fmt, DocumentError) from err
+        with image:
+            yield image
+
+
+def _decode_error(err: Exception, fmt: str, kind: type[InputError]) -> InputError:
+    message = str(err) or type(err).__name__
+    if "truncated" in message or isinstance(err, EOFError):
+        return kind(
+            "truncated image",
+            f"the {fmt} data ends early (incomplete copy?); copy it again from the source",
+        )
+    if "not available" in message:  # a Pillow build without this codec
+        return kind(
+            "missing decoder",
+            f"this Pillow build cannot decode it ({message}); install Pillow with {fmt} support",
+        )
+    return kind("corrupt image", f"{fmt} decoding failed ({message}); export or scan it again")
+
+
+def _page_frames(image: Image.Image) -> list[int]:
+    """Frame numbers that are pages: all TIFF frames except thumbnails and masks."""
+    if image.format != "TIFF":
+        return [0]
+    frames = []
+    for frame in range(getattr(image, "n_frames", 1)):
+        image.seek(frame)
+        subfile = image.tag_v2.get(_TIFF_NEW_SUBFILE_TYPE, 0)
+        if not (isinstance(subfile, int) and subfile & (_SUBFILE_REDUCED | _SUBFILE_MASK)):
+            frames.append(frame)
+    image.seek(0)
+    return frames or [0]
+
+
+def _check_pixels(size: tuple[int, int], pixel_limit: int, kind: type[InputError]) -> None:
+    pixels = size[0] * size[1]
+    if pixels > pixel_limit:
+        raise kind(
+            f"too large ({pixels} pixels > {pixel_limit})",
+            f"its header declares {size[0]} x {size[1]} pixels; if the scan is genuine raise "
+            "--max-image-pixels, otherwise remove the file",
+        )
+    if pixels == 0:
+        raise kind("empty image", "its header declares 0 pixels; export or scan it again")
+
+
+def count_image_pages(path: Path, fmt: str, pixel_limit: int) -> int:
+    """Count pages from headers alone; a single-page image that is too large fails here."""
+    with _open(path, fmt) as image:
+        try:
+            frames = _page_frames(image)
+        except Exception as err:
+            raise _decode_error(err, fmt, DocumentError) from err
+        if len(frames) == 1:
+            image.seek(frames[0])
+            _check_pixels(image.size, pixel_limit, DocumentError)
+        return len(frames)
+
+
+def load_image_page(
+    path: Path, fmt: str, page_index: int, pixel_limit: int, max_pixels: int | None
+) -> Image.Image:
+    """Decode one page as upright RGB; shrink it to `max_pixels` while decoding where possible.
+
+    A failure is a DocumentError when the file is a single page (the document is the page) and a
+    PageError for one frame of a multi-page TIFF, whose other pages may still be fine.
+    """
+    with _open(path, fmt) as image:
+        try:
+            frames = _page_frames(image)
+        except Exception as err:
+            raise _decode_error(err, fmt, DocumentError) from err
+        kind: type[InputError] = PageError if len(frames) > 1 else DocumentError
+        if not 0 <= page_index < len(frames):
+            raise PageError(
+                "no such page",
+                f"page {page_index + 1} was asked for but the file has {len(frames)}; "
+                "the file changed since it was registered, run again",
+            )
+        try:
+            image.seek(frames[page_index])
+            _check_pixels(image.size, pixel_limit, kind)
+            if max_pixels is not None:
+                _decode_smaller(image, max_pixels)
+            image.load()
+            orientation = _orientation(image)  # after load: Pillow rotates TIFFs itself there
+            page = to_rgb(image)
+        except InputError:
+            raise
+        except Exception as err:
+            raise _decode_error(err, fmt, kind) from err
+    for op in _ORIENTATION_OPS.get(orientation, ()):
+        page = page.transpose(op)
+    return shrink_to(page, max_pixels)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The orientation (1-8) still to apply; a damaged EXIF block counts as upright.
+
+    Pillow applies a TIFF's orientation tag while loading and then drops the tag, but leaves
+    JPEG/PNG/WebP EXIF orientation to the caller; reading it after load covers both.
+    """
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return value if isinstance(value, int) else 1
+    except Exception:
+        return 1
+
+
+def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
+    """Ask JPEG and JPEG 2000 decoders for a reduced image (DCT scaling, resolution levels)."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return
+    scale = math.sqrt(max_pixels / (width * height))
+    if image.format in ("JPEG", "MPO"):
+        # draft() never goes below the size asked for; the exact fit happens afterwards.
+        image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    elif image.format == "JPEG2000":
+        image.reduce = max(0, math.floor(math.log2(1 / scale)))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without losing what a reader would see."""
+    mode = image.mode
+    if (mode == "P" and "transparency" in image.info) or mode == "PA":
+        return _on_white(image.convert("RGBA"))
+    if mode in ("RGBA", "RGBa", "LA", "La"):
+        return _on_white(image)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode == "LAB":
+        return _lab_to_rgb(image)
+    if mode.startswith("I") or mode == "F":
+        return _deep_to_gray(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Composite on white: transparent parts of a scan are paper, not black."""
+    rgba = image.convert("RGBA")
+    page = Image.new("RGB", rgba.size, WHITE)
+    page.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return page
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """Use the embedded ICC profile when there is one; Pillow's formula is only a fallback.
+
+    Pillow's JPEG reader already undoes Adobe's inverted CMYK, so both paths see true ink values.
+    """
+    icc = image.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+        except Exception:  # no LittleCMS in this Pillow, or a broken profile
+            pass
+    return image.convert("RGB")
+
+
+def _lab_to_rgb(image: Image.Image) -> Image.Image:
+    """CIELAB through LittleCMS; without it, the lightness channel alone still reads well."""
+    try:
+        from PIL import ImageCms
+
+        transform = ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        return ImageCms.applyTransform(image, transform)
+    except ImportError:
+        return image.getchannel("L").convert("RGB")
+
+
+def _deep_to_gray(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit and float grey to 8 bits linearly instead of clipping at 255.
+
+    Integer data is scaled by the smallest common sensor depth (8, 10, 12, 14 or 16 bits) that
+    holds its brightest pixel: 12-bit scanner data stored in a 16-bit file would otherwise come
+    out almost black, while full-range 16-bit data keeps its exact tones. Float data in 0..1 is
+    scaled by 255; anything else is stretched between its darkest and brightest pixel.
+    """
+    deep = image.convert("F") if image.mode == "F" else image.convert("I")
+    low, high = deep.getextrema()
+    if deep.mode == "I" and low >= 0 and high <= 0xFFFF:
+        depth = next(bits for bits in (8, 10, 12, 14, 16) if high < 1 << bits)
+        factor = 255 / ((1 << depth) - 1)
+        offset = 0.0
+    elif deep.mode == "F" and low >= 0 and high <= 1:
+        factor, offset = 255.0, 0.0
+    else:
+        span = (high - low) or 1
+        factor, offset = 255 / span, -low * 255 / span
+    return deep.point(lambda v: v * factor + offset + 0.5).convert("L")
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size with the same aspect ratio that has at most `max_pixels` pixels."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    while new[0] * new[1] > max_pixels and new[0] * new[1] > 1:
+        new = max(1, new[0] - (new[0] >= new[1])), max(1, new[1] - (new[1] > new[0]))
+    return new
+
+
+def shrink_to(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Shrink (never enlarge) to at most `max_pixels`, keeping the aspect ratio, with Lanczos."""
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    return image.resize(
+        fit_size(image.width, image.height, max_pixels), Image.Resampling.LANCZOS, reducing_gap=3.0
+    )

@@ -1,0 +1,265 @@
+"""The ingest stage: find input files, identify them by content, and load one page at a time.
+
+A collection is whatever the archivist points at: files and folder trees, with scans whose
+extensions lie, names that are not UTF-8, and files that are corrupt, encrypted or hostile.
+`discover` lists the files, `probe_document` says what one is (format, hash, page count) without
+painting a pixel, and `load_page` produces one upright RGB page. Unusable input raises
+`DocumentError` or `PageError` with a short `reason` and a `detail` saying what to do; the caller
+knows which file and page it asked for and puts them in front of the message.
+
+PDF rasterizing lives in `pipeline.rasterize`, raster images in `pipeline.images`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.errors import BadArguments, DocumentError
+from pipeline.images import count_image_pages, load_image_page
+from pipeline.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
+
+log = logging.getLogger(__name__)
+
+_HASH_CHUNK = 1 << 20
+_PDF_HEADER_WINDOW = 1024  # the PDF spec lets the %PDF- header start anywhere in the first 1 KiB
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file: `relpath` (posix) is where its outputs go, mirroring the input tree."""
+
+    path: Path
+    relpath: str
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How pages are produced; all of it except the password is part of a run's fingerprint."""
+
+    dpi: int = 300
+    rasterizer: str = "pdfium"
+    pdf_password: str | None = None
+    max_image_pixels: int = 250_000_000
+    """Images whose header promises more pixels are refused undecoded (decompression bombs);
+    PDF pages are painted at a lower resolution instead, since their cost is known up front."""
+
+    def __post_init__(self) -> None:
+        if self.dpi <= 0:
+            raise BadArguments(f"--dpi {self.dpi}: use a positive resolution, e.g. 300")
+        if self.rasterizer not in RASTERIZERS:
+            raise BadArguments(f"--rasterizer {self.rasterizer}: use pdfium or poppler")
+        if self.max_image_pixels <= 0:
+            raise BadArguments(f"--max-image-pixels {self.max_image_pixels}: use a positive limit")
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    kind: str  # "pdf" | "image"
+    format: str  # "PDF", "TIFF", "JPEG", "PNG", "JPEG2000", "WEBP", "BMP", "GIF"
+    sha256: str
+    size: int
+    page_count: int
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def discover(inputs: Sequence[Path]) -> Iterator[SourceFile]:
+    """Every regular file under `inputs`, depth-first in sorted name order, for a stable run.
+
+    Hidden entries (dot-names) inside folders are skipped, as are FIFOs and devices (reading
+    one would hang) and symlinks that lead back to a folder being walked. A broken symlink is
+    listed so that it fails visibly as a document instead of vanishing. Missing inputs are
+    reported before anything is listed.
+    """
+    roots: list[Path] = []
+    for given in inputs:
+        path = Path(os.path.abspath(os.fspath(given)))
+        if not os.path.lexists(path):
+            raise BadArguments(f"input not found: {given}; check the path")
+        if path not in roots:
+            roots.append(path)
+    prefixes = _root_prefixes(roots) if len(roots) > 1 else [None] * len(roots)
+    return _walk_roots(roots, prefixes)
+
+
+def _walk_roots(roots: list[Path], prefixes: list[str | None]) -> Iterator[SourceFile]:
+    for root, prefix in zip(roots, prefixes, strict=True):
+        if root.is_dir():
+            for path, rel in _walk_dir(root, (), set()):
+                yield SourceFile(path, "/".join((prefix, *rel) if prefix else rel))
+        elif _is_listable_file(root):
+            yield SourceFile(root, prefix or root.name)
+
+
+def _root_prefixes(roots: list[Path]) -> list[str]:
+    """Each input's own name; a repeated name gets `~2`, `~3`... in input order.
+
+    Names are compared case-insensitively so that two inputs never share an output folder on
+    a case-insensitive file system, and a suffixed name never takes an input's real name.
+    """
+    names = [root.name or "input" for root in roots]
+    taken = {name.casefold() for name in names}
+    seen: set[str] = set()
+    prefixes = []
+    for name in names:
+        prefix = name
+        if name.casefold() in seen:
+            n = 2
+            while f"{name}~{n}".casefold() in taken:
+                n += 1
+            prefix = f"{name}~{n}"
+            taken.add(prefix.casefold())
+        seen.add(prefix.casefold())
+        prefixes.append(prefix)
+    return prefixes
+
+
+def _walk_dir(
+    folder: Path, rel: tuple[str, ...], ancestors: set[tuple[int, int]]
+) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    try:
+        info = folder.stat()
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        log.warning("skipping folder %s: %s", folder, err.strerror or err)
+        return
+    key = (info.st_dev, info.st_ino)
+    if key in ancestors:
+        log.warning("skipping %s: it links back to a folder above it", folder)
+        return
+    ancestors = ancestors | {key}
+    for name in names:
+        if name.startswith("."):
+            continue
+        path = folder / name
+        if path.is_dir():
+            yield from _walk_dir(path, (*rel, name), ancestors)
+        elif _is_listable_file(path):
+            yield path, (*rel, name)
+
+
+def _is_listable_file(path: Path) -> bool:
+    """Regular files and broken symlinks; never FIFOs, sockets or devices."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return path.is_symlink()
+    except OSError:
+        return True  # unreadable: let probe_document report why
+
+
+# -- identification ------------------------------------------------------------------------------
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format the leading bytes announce (extensions are ignored), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG2000"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "BMP"
+    if b"%PDF-" in head[:_PDF_HEADER_WINDOW]:
+        return "PDF"
+    return None
+
+
+def _read_identity(path: Path) -> tuple[str, str, int]:
+    """Format, sha256 and size in one streamed pass over the file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PDF_HEADER_WINDOW)
+            fmt = _format_of(path, head)
+            digest.update(head)
+            size = len(head)
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as err:
+        raise _open_error(err) from err
+    return fmt, digest.hexdigest(), size
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return _format_of(path, f.read(_PDF_HEADER_WINDOW))
+    except OSError as err:
+        raise _open_error(err) from err
+
+
+def _format_of(path: Path, head: bytes) -> str:
+    if not head:
+        raise DocumentError("empty file", "it has 0 bytes; copy it again from the source")
+    fmt = sniff_format(head)
+    if fmt is None:
+        suffix = path.suffix.lower()
+        named = f" although it is named {suffix}" if suffix else ""
+        raise DocumentError(
+            "unsupported format",
+            f"its content is not PDF, TIFF, JPEG, PNG, JPEG 2000, WebP, BMP or GIF{named}; "
+            "convert it to one of them or remove it",
+        )
+    return fmt
+
+
+def _open_error(err: OSError) -> DocumentError:
+    if isinstance(err, FileNotFoundError):
+        return DocumentError(
+            "file not found", "it was moved or deleted (or is a broken link); run again"
+        )
+    if isinstance(err, IsADirectoryError):
+        return DocumentError("not a file", "it is a folder; pass the files inside it")
+    return DocumentError(
+        "unreadable file", f"{err.strerror or err}; check its permissions and run again"
+    )
+
+
+def probe_document(path: Path, settings: IngestSettings) -> DocumentInfo:
+    """Identify, hash and count pages without painting any page."""
+    fmt, sha256, size = _read_identity(path)
+    if fmt == "PDF":
+        if settings.rasterizer == "poppler":
+            require_poppler()
+        pages = count_pdf_pages(path, settings.pdf_password)
+        return DocumentInfo("pdf", fmt, sha256, size, pages)
+    pages = count_image_pages(path, fmt, settings.max_image_pixels)
+    return DocumentInfo("image", fmt, sha256, size, pages)
+
+
+def load_page(
+    path: Path, page_index: int, settings: IngestSettings, max_pixels: int | None = None
+) -> Image.Image:
+    """One page (0-based) as an upright RGB image of at most `max_pixels` pixels."""
+    fmt = _sniff(path)
+    if fmt == "PDF":
+        limit = settings.max_image_pixels
+        if max_pixels is not None:
+            limit = min(limit, max_pixels)
+        return render_pdf_page(
+            path,
+            page_index,
+            dpi=settings.dpi,
+            rasterizer=settings.rasterizer,
+            password=settings.pdf_password,
+            pixel_limit=limit,
+        )
+    return load_image_page(path, fmt, page_index, settings.max_image_pixels, max_pixels)

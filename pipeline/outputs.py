@@ -1,0 +1,196 @@
+"""Where a page's files go, and how they get there without ever being half-written.
+
+Page `n` of input `rel/path/a.pdf` goes to `OUT/pages/rel/path/a.pdf/000n.alto.xml` and
+`.../000n.txt`: the input file name becomes a folder, so `a.pdf` and `a.tif` never collide and
+a file never shares a name with a folder. Name components that are not valid UTF-8 (or are
+control characters) are escaped as `%XX`, with `%` itself as `%25`, so the mapping is
+injective, every output name is printable, and no input name can lead outside OUT.
+
+Files are written to a `.tmp-*` sibling, fsynced, renamed over the final name and the folder
+fsynced: a crash leaves the old file or the new one, plus at worst a stale temp file that
+`remove_stale_temp_files` recognises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from .alto import PageMeta, build_alto, normalize_text
+from .records import Recognition
+
+PAGES_DIR = "pages"
+TEMP_PREFIX = ".tmp-"
+SUFFIXES = {"alto": ".alto.xml", "txt": ".txt"}
+DEFAULT_FORMATS = ("alto", "txt")
+_MAX_NAME_BYTES = 255  # NAME_MAX of common Linux file systems
+
+
+def escape_component(name: str) -> str:
+    """One path component made printable; injective over names os.listdir can return.
+
+    Undecodable bytes (surrogateescape `\\udcXX`) become `%XX`; `%`, C0/C1 controls and
+    U+2028/U+2029 become the `%XX` of their UTF-8 bytes; everything else is kept. The escaped
+    set is fixed code points, not Unicode categories, so a newer Python never moves outputs.
+    Undoing the escapes gives back the name's exact bytes, hence injective. A result longer
+    than NAME_MAX is cut and suffixed with a hash of the full name, so it fits and stays unique.
+    """
+    out = []
+    for ch in name:
+        cp = ord(ch)
+        if 0xDC80 <= cp <= 0xDCFF:  # a byte that was not valid UTF-8
+            out.append(f"%{cp - 0xDC00:02X}")
+        elif 0xD800 <= cp <= 0xDFFF:
+            raise ValueError(f"{name!r} holds a lone surrogate and cannot name a file")
+        elif ch == "%" or cp < 0x20 or 0x7F <= cp <= 0x9F or cp in (0x2028, 0x2029):
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    escaped = "".join(out)
+    if len(escaped.encode("utf-8")) <= _MAX_NAME_BYTES:
+        return escaped
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    keep = escaped.encode("utf-8")[: _MAX_NAME_BYTES - 40].decode("utf-8", "ignore")
+    return f"{keep}~{digest}"
+
+
+def output_folder(out_dir: Path, relpath: str) -> Path:
+    """`OUT/pages/<escaped relpath components>`; refuses names that could leave OUT."""
+    if not relpath or relpath.startswith("/"):
+        raise ValueError(f"input path {relpath!r} must be relative to its input folder")
+    parts = relpath.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ValueError(f"input path {relpath!r} has an empty, '.' or '..' component")
+    return Path(out_dir, PAGES_DIR, *(escape_component(p) for p in parts))
+
+
+def page_output_paths(
+    out_dir: Path, relpath: str, page_number: int, formats: Iterable[str] = DEFAULT_FORMATS
+) -> dict[str, Path]:
+    """{format: path} for page `page_number` (1-based) of input `relpath`."""
+    if page_number < 1:
+        raise ValueError(f"page numbers start at 1, got {page_number}")
+    folder = output_folder(out_dir, relpath)
+    paths = {}
+    for fmt in formats:
+        if fmt not in SUFFIXES:
+            raise ValueError(f"unknown output format {fmt!r}; known: {', '.join(SUFFIXES)}")
+        paths[fmt] = folder / f"{page_number:04d}{SUFFIXES[fmt]}"
+    return paths
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(folder: Path) -> None:
+    """mkdir -p, fsyncing each parent that gained an entry, so the new path survives a crash."""
+    if folder.is_dir():
+        return
+    _make_dirs(folder.parent)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        if not folder.is_dir():
+            raise
+        return
+    _fsync_dir(folder.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers and crashes see old or new, never half."""
+    path = Path(path)
+    _make_dirs(path.parent)
+    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(out_dir: Path, relpath: str | None = None) -> int:
+    """Delete `.tmp-*` files a crashed run left under OUT/pages (or under one input's folder,
+    which is cheaper on huge collections); returns how many.
+
+    Call only while holding the run lock: a live run's temp files look the same.
+    """
+    top = Path(out_dir, PAGES_DIR) if relpath is None else output_folder(out_dir, relpath)
+    removed = 0
+    for root, _dirs, files in os.walk(top):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                Path(root, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def remove_document_outputs(out_dir: Path, relpath: str) -> bool:
+    """Delete every output of one input (its folder under OUT/pages), e.g. when its content
+    changed and its page count may have shrunk; returns whether there was anything to delete.
+
+    The folder is named after the input file, so it holds only that document's pages.
+    """
+    folder = output_folder(out_dir, relpath)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    shutil.rmtree(folder)
+    _fsync_dir(folder.parent)
+    return True
+
+
+def page_text(recognition: Recognition) -> bytes:
+    """The TXT file's bytes: the normalised text and a final newline, UTF-8."""
+    return (normalize_text(recognition.text) + "\n").encode("utf-8")
+
+
+def write_page_outputs(
+    out_dir: Path,
+    relpath: str,
+    page_number: int,
+    recognition: Recognition,
+    page_meta: PageMeta,
+    formats: Iterable[str] = DEFAULT_FORMATS,
+) -> list[Path]:
+    """Write every requested file of one page atomically; returns their paths.
+
+    Mark the page done in the job store only after this returns.
+    """
+    if page_meta.page_number != page_number:
+        raise ValueError(f"page_meta is for page {page_meta.page_number}, not {page_number}")
+    paths = page_output_paths(out_dir, relpath, page_number, formats)
+    for fmt, path in paths.items():
+        data = build_alto(recognition, page_meta) if fmt == "alto" else page_text(recognition)
+        write_atomic(path, data)
+    return list(paths.values())
+
+
+def page_outputs_complete(
+    out_dir: Path, relpath: str, page_number: int, formats: Iterable[str] = DEFAULT_FORMATS
+) -> bool:
+    """True when every requested file of the page exists and is not empty."""
+    for path in page_output_paths(out_dir, relpath, page_number, formats).values():
+        try:
+            if path.stat().st_size == 0:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
