@@ -1,0 +1,300 @@
+"""The `anandasky-batch` command line: parses arguments, calls one function, maps errors to exit codes.
+
+Heavy imports (torch, transformers) happen inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from pipeline.errors import AnandaSkyError, ExitCode
+
+REMOTE_CODE_WARNING = (
+    "--impl remote (and auto, for a checkpoint that is not in the native layout) executes the "
+    "Python modeling code shipped inside the --model folder; use it only on weights you trust. "
+    "Code is never loaded from anywhere but that folder."
+)
+
+app = typer.Typer(
+    help="Batch text recognition of archive collections with the AnandaSky model: "
+    "PDF/TIFF/JPEG/PNG/JPEG 2000 in, ALTO 4.4 and plain text out, resumable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    npu = "npu"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Rasterizer(str, Enum):
+    pdfium = "pdfium"
+    poppler = "poppler"
+
+
+class Impl(str, Enum):
+    auto = "auto"
+    native = "native"
+    remote = "remote"
+
+
+class TestSize(str, Enum):
+    tiny = "tiny"
+    seed = "seed"
+
+
+ModelOption = Annotated[
+    Path,
+    typer.Option(
+        "--model", "-m", help="Weights folder (config.json, model.safetensors, tokenizer.json)."
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        help="auto | npu | cuda | cpu, or one device such as npu:1. auto: npu, else cuda, else cpu."
+    ),
+]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="bfloat16 | float16 | float32 (default: bfloat16 on npu/cuda, float32 on cpu)."
+    ),
+]
+ImplOption = Annotated[Impl, typer.Option(help="Model implementation. " + REMOTE_CODE_WARNING)]
+
+
+def _split(values: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in values.split(",") if part.strip())
+
+
+@app.command()
+def run(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Files and folders to transcribe (walked recursively).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output folder; holds the job store, so rerunning resumes."
+        ),
+    ],
+    model: ModelOption,
+    device: DeviceOption = "auto",
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="Device ids, e.g. 0,1,2,3 (default: ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES, else all)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes when running on CPU.")] = 1,
+    dtype: DtypeOption = None,
+    impl: ImplOption = Impl.native,
+    prompt: Annotated[
+        str | None, typer.Option(help="Instruction given to the model with each page.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per page.")] = 2048,
+    repetition_guard: Annotated[
+        bool, typer.Option(help="Stop a page stuck repeating itself.")
+    ] = True,
+    dpi: Annotated[int, typer.Option(help="Resolution PDFs are rendered at.")] = 300,
+    rasterizer: Annotated[Rasterizer, typer.Option(help="PDF renderer.")] = Rasterizer.pdfium,
+    pdf_password: Annotated[
+        str | None, typer.Option(help="Password for encrypted PDFs (never stored).")
+    ] = None,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Refuse images larger than this (decompression bombs).")
+    ] = 250_000_000,
+    batch_size: Annotated[int, typer.Option(help="Pages per model batch.")] = 8,
+    max_attempts: Annotated[
+        int, typer.Option(help="Tries per page before it is marked failed.")
+    ] = 3,
+    formats: Annotated[str, typer.Option(help="Comma-separated outputs: alto,txt.")] = "alto,txt",
+    loaders: Annotated[
+        int, typer.Option(help="CPU processes that rasterize and decode pages.")
+    ] = 1,
+    new_config: Annotated[
+        bool, typer.Option(help="Redo everything in OUT under new settings.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+    ] = False,
+) -> int:
+    """Transcribe a collection into OUT; run it again to resume after any interruption."""
+    from pipeline.run import run_collection
+    from pipeline.settings import RunSettings
+
+    settings = RunSettings(
+        inputs=tuple(str(p) for p in inputs),
+        out_dir=str(out),
+        model_dir=str(model),
+        device=device,
+        devices=devices,
+        workers=workers,
+        dtype=dtype,
+        impl=impl.value,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        repetition_guard=repetition_guard,
+        dpi=dpi,
+        rasterizer=rasterizer.value,
+        pdf_password=pdf_password,
+        max_image_pixels=max_image_pixels,
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        formats=_split(formats),
+        loaders=loaders,
+        quiet=quiet,
+        new_config=new_config,
+    )
+    return run_collection(settings)
+
+
+@app.command()
+def resume(
+    out: Annotated[Path, typer.Argument(help="Output folder of an earlier run.")],
+    pdf_password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override the stored device.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Override the stored device ids.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Override the stored CPU worker count.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> int:
+    """Rerun OUT with the settings stored by its first run."""
+    from pipeline.run import resume_collection
+
+    return resume_collection(
+        out, pdf_password=pdf_password, device=device, devices=devices, workers=workers, quiet=quiet
+    )
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="Output folder of a run (may be running now).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> int:
+    """Pages per state, per-device throughput, and failed documents/pages with reasons."""
+    from pipeline.status import print_status
+
+    return print_status(out, as_json=json_output)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="Output folder of a run (may be running now).")],
+    to: Annotated[
+        Path,
+        typer.Option(help="Delivery folder; created if missing, brought up to date if not."),
+    ],
+    formats: Annotated[
+        str, typer.Option("--format", help="Comma-separated: txt,alto,mets,page,hocr.")
+    ] = "txt,alto,mets",
+    documents: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only documents whose input path (as `status` shows it) matches this glob; repeatable."
+        ),
+    ] = None,
+    include_failed: Annotated[
+        bool, typer.Option(help="Write placeholders, marked as such, for pages without text.")
+    ] = False,
+    zip_archive: Annotated[
+        bool, typer.Option("--zip", help="Also write the delivery as one archive, DIR.zip.")
+    ] = False,
+    page_separator: Annotated[
+        str,
+        typer.Option(
+            help="Between pages in a document's txt; \\f \\n \\t \\\\ are understood, {page} is the next page's number."
+        ),
+    ] = "\\f",
+    per_page_txt: Annotated[bool, typer.Option(help="Also one txt file per page.")] = False,
+) -> int:
+    """Write a delivery package per document (txt, ALTO, METS, PAGE, hOCR) and a report of what is missing."""
+    from pipeline.export import export_collection, parse_separator
+
+    report = export_collection(
+        out,
+        to,
+        formats=_split(formats),
+        documents=documents or (),
+        include_failed=include_failed,
+        zip_archive=zip_archive,
+        page_separator=parse_separator(page_separator),
+        per_page_txt=per_page_txt,
+    )
+    print(report.summary())
+    return report.exit_code
+
+
+@app.command()
+def infer(
+    model: ModelOption,
+    image: Annotated[Path, typer.Option(help="One image (or the first page of a PDF).")],
+    prompt: Annotated[str | None, typer.Option()] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    impl: ImplOption = Impl.native,
+    max_new_tokens: Annotated[int, typer.Option()] = 2048,
+) -> int:
+    """Transcribe a single image and print the text."""
+    from pipeline.single_image import transcribe_file
+
+    text = transcribe_file(
+        model,
+        image,
+        prompt=prompt,
+        device=device,
+        dtype=dtype,
+        impl=impl.value,
+        max_new_tokens=max_new_tokens,
+    )
+    print(text)
+    return ExitCode.OK
+
+
+@app.command("make-test-model")
+def make_test_model(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
+    size: Annotated[
+        TestSize, typer.Option(help="tiny: a few M parameters; seed: ~41M (full ViT).")
+    ] = TestSize.tiny,
+) -> int:
+    """Write a deterministic random-weight checkpoint for tests and trials (not a real model)."""
+    from pipeline.model import make_test_model as make
+
+    path = make(directory, size=size.value)
+    print(path)
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: every AnandaSkyError becomes its one-line message and exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="anandasky-batch", standalone_mode=False)
+    except click.exceptions.Abort:
+        code = ExitCode.INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        code = ExitCode.BAD_ARGUMENTS
+    except AnandaSkyError as exc:
+        print(f"anandasky-batch: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
+    sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    main()

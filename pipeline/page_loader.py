@@ -1,0 +1,54 @@
+"""Page loading in CPU processes, apart from and ahead of the device workers.
+
+Rasterising a 300 DPI PDF page or decoding a large TIFF takes longer than a model step on a
+fast device, so loading runs in its own process pool and keeps a bounded number of pages ready.
+Everything here is picklable; errors come back as values, not exceptions, so one bad page
+never breaks the pool.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.errors import InputError
+from pipeline.ingest import DocumentInfo, IngestSettings, load_page, probe_document
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image
+    load_s: float
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A page or document that cannot be read: `message` is the one-line reason."""
+
+    message: str
+
+
+def load_page_image(
+    path: str, page_index: int, settings: IngestSettings, max_pixels: int | None
+) -> LoadedImage | LoadFailure:
+    started = time.perf_counter()
+    try:
+        image = load_page(Path(path), page_index, settings, max_pixels=max_pixels)
+    except InputError as exc:
+        return LoadFailure(str(exc))
+    except Exception as exc:  # a decoder bug on hostile input is still just a bad page
+        return LoadFailure(f"unreadable page ({type(exc).__name__}: {exc})")
+    image.load()
+    return LoadedImage(image, time.perf_counter() - started)
+
+
+def probe(path: str, settings: IngestSettings) -> DocumentInfo | LoadFailure:
+    try:
+        return probe_document(Path(path), settings)
+    except InputError as exc:
+        return LoadFailure(str(exc))
+    except Exception as exc:
+        return LoadFailure(f"unreadable document ({type(exc).__name__}: {exc})")

@@ -1,0 +1,108 @@
+"""What a run tells the person watching it: the run log, the progress bar, the final summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+LOG_NAME = "anandasky"
+log = logging.getLogger(LOG_NAME)
+
+
+class _TqdmHandler(logging.Handler):
+    """Console messages that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_run_log(out_dir: Path, quiet: bool) -> logging.Handler:
+    """Everything goes to OUT/run.log; warnings (bad files) also to the console."""
+    log.setLevel(logging.INFO)
+    file_handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    console = _TqdmHandler()
+    console.setLevel(logging.ERROR if quiet else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    return file_handler
+
+
+def close_run_log() -> None:
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+
+
+@dataclass
+class DeviceStats:
+    pages: int = 0
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+    load_s: float = 0.0
+    restarts: int = 0
+
+
+@dataclass
+class RunProgress:
+    """Counts for this invocation (the store holds the totals across invocations)."""
+
+    total: int
+    quiet: bool = False
+    done: int = 0
+    failed: int = 0
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+    bar: tqdm | None = None
+
+    def __post_init__(self) -> None:
+        self.bar = tqdm(
+            total=self.total,
+            unit="page",
+            desc="pages",
+            disable=self.quiet or None,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+
+    def device(self, label: str) -> DeviceStats:
+        return self.devices.setdefault(label, DeviceStats())
+
+    def page_done(self) -> None:
+        self.done += 1
+        self._advance()
+
+    def page_failed(self) -> None:
+        self.failed += 1
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def summary_lines(self, wall_s: float, totals: dict) -> list[str]:
+        rate = self.done / wall_s if wall_s > 0 else 0.0
+        lines = [
+            f"this run: {self.done} pages done, {self.failed} failed in {wall_s:.1f} s "
+            f"({rate:.2f} pages/s)",
+            f"collection: {totals.get('done', 0)} pages done, {totals.get('failed', 0)} failed, "
+            f"{totals.get('pending', 0)} pending; {totals.get('failed_documents', 0)} documents failed",
+        ]
+        for label, stats in sorted(self.devices.items()):
+            busy = stats.busy_s / (stats.busy_s + stats.idle_s) if stats.busy_s else 0.0
+            per_s = stats.pages / stats.busy_s if stats.busy_s else 0.0
+            lines.append(
+                f"  {label}: {stats.pages} pages, {per_s:.2f} pages/s while busy, "
+                f"{busy:.0%} busy, model load {stats.load_s:.1f} s"
+                + (f", {stats.restarts} restarts" if stats.restarts else "")
+            )
+        return lines

@@ -1,0 +1,481 @@
+"""A whole run over a collection: register documents, feed loaders and device workers, record.
+
+The coordinator (this process) owns the job store and the output folder; loader processes turn
+documents into page images ahead of time; device workers only run the model. A page counts as
+done only after its files are complete on disk and the store says so.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue
+import signal
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pipeline
+from pipeline.alto import PageMeta, page_confidence
+from pipeline.batching import ReadyPage, ReadyPages
+from pipeline.child_process import prepare_child_process
+from pipeline.device_plan import WorkerSlot, plan_workers
+from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
+from pipeline.ingest import DocumentInfo, discover
+from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
+from pipeline.model.config import AnandaSkyConfig
+from pipeline.outputs import (
+    remove_document_outputs,
+    remove_stale_temp_files,
+    write_page_outputs,
+)
+from pipeline.page_loader import LoadFailure, load_page_image, probe
+from pipeline.progress import RunProgress, close_run_log, log, setup_run_log
+from pipeline.rasterize import require_poppler
+from pipeline.records import Recognition
+from pipeline.settings import RunSettings
+from pipeline.store import JobStore
+from pipeline.workers import (
+    BatchDone,
+    BatchFailed,
+    DeviceWorker,
+    WorkerFailed,
+    WorkerOptions,
+    WorkerReady,
+)
+
+# A device whose worker keeps dying (driver fault, out of memory at load) is given up on.
+MAX_WORKER_RESTARTS = 3
+_POLL_S = 0.05
+
+
+def run_collection(settings: RunSettings) -> ExitCode:
+    """Run (or resume) `settings` and return the exit code that describes the outcome."""
+    inputs = [Path(p) for p in settings.inputs]
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise BadArguments(f"input not found: {', '.join(missing)}")
+    out_dir = settings.out_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_checksum = checkpoint_checksum(settings.model_dir)
+    prompt = settings.prompt or DEFAULT_PROMPT
+    slots = plan_workers(settings.device, settings.devices, settings.workers)
+    if settings.rasterizer == "poppler":
+        require_poppler()
+    with JobStore.open(out_dir) as store:
+        setup_run_log(out_dir, settings.quiet)
+        try:
+            store.check_fingerprint(
+                settings.fingerprint(model_checksum, prompt), new_config=settings.new_config
+            )
+            store.save_settings(settings.to_stored())
+            coordinator = Coordinator(settings, store, slots, prompt, model_checksum)
+            return coordinator.run(inputs)
+        finally:
+            close_run_log()
+
+
+class Coordinator:
+    def __init__(
+        self,
+        settings: RunSettings,
+        store: JobStore,
+        slots: list[WorkerSlot],
+        prompt: str,
+        model_checksum: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.slots = slots
+        self.prompt = prompt
+        self.model_checksum = model_checksum
+        self.model_name = Path(settings.model_dir).resolve().name
+        self.out_dir = settings.out_path
+        # Pages travel between processes no larger than the model will look at.
+        self.max_pixels = AnandaSkyConfig.load(
+            Path(settings.model_dir) / "config.json"
+        ).max_image_pixels
+        self.ctx = mp.get_context("spawn")
+        self.stopping = False
+        self.aborting = False
+        self.fatal: AnandaSkyError | None = None
+
+    # -- documents -------------------------------------------------------------------------
+
+    def register_documents(self, inputs: list[Path], pool: ProcessPoolExecutor) -> None:
+        """Hash and count pages of new or changed files; unchanged files are trusted by stat."""
+        probes: list[tuple] = []
+        for source in discover(inputs):
+            try:
+                stat = source.path.stat()
+            except OSError as exc:
+                self._fail_document(source, f"unreadable file: {exc.strerror}", None)
+                continue
+            known = self.store.known_document(source.relpath)
+            if (
+                known is not None
+                and known.state != "failed"
+                and known.size == stat.st_size
+                and known.mtime_ns == stat.st_mtime_ns
+            ):
+                continue
+            future = pool.submit(probe, str(source.path), self.settings.ingest)
+            probes.append((source, stat, future))
+        for source, stat, future in probes:
+            result = future.result()
+            if isinstance(result, LoadFailure):
+                self._fail_document(source, result.message, stat)
+                continue
+            self._sync_document(source, stat, result)
+
+    def _sync_document(self, source, stat, info: DocumentInfo) -> None:
+        known = self.store.known_document(source.relpath)
+        if known is not None and known.sha256 != info.sha256:
+            remove_document_outputs(self.out_dir, source.relpath)
+        self.store.sync_document(
+            relpath=source.relpath,
+            path=str(source.path),
+            sha256=info.sha256,
+            size=info.size,
+            mtime_ns=stat.st_mtime_ns,
+            kind=info.kind,
+            format=info.format,
+            page_count=info.page_count,
+        )
+
+    def _fail_document(self, source, reason: str, stat) -> None:
+        log.warning("%s: %s", source.relpath, reason)
+        self.store.fail_document(
+            relpath=source.relpath,
+            path=str(source.path),
+            reason=reason,
+            size=stat.st_size if stat else None,
+            mtime_ns=stat.st_mtime_ns if stat else None,
+        )
+
+    # -- the run loop ----------------------------------------------------------------------
+
+    def run(self, inputs: list[Path]) -> ExitCode:
+        started = time.monotonic()
+        pool = self._new_pool()
+        workers: dict[int, DeviceWorker] = {}
+        progress: RunProgress | None = None
+        previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+        try:
+            log.info("run started: %d device worker(s): %s", len(self.slots), self._slot_list())
+            self.register_documents(inputs, pool)
+            retried = self.store.retry_failed_pages()
+            if retried:
+                log.info("retrying %d page(s) that failed in earlier runs", retried)
+            pending = deque(self.store.pending_pages())
+            # Temp files can only be left where a page was being written and is still pending.
+            for relpath in {task.relpath for task in pending}:
+                remove_stale_temp_files(self.out_dir, relpath)
+            progress = RunProgress(total=len(pending), quiet=self.settings.quiet)
+            if pending and not self.stopping:
+                results = self.ctx.Queue()
+                workers = self._start_workers(results)
+                pool = self._process(pending, pool, workers, results, progress)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            self._shutdown(pool, workers)
+            if progress is not None:
+                progress.close()
+        if self.fatal is not None:
+            raise self.fatal
+        return self._finish(progress, time.monotonic() - started)
+
+    def _process(self, pending, pool, workers, results, progress) -> ProcessPoolExecutor:
+        settings = self.settings
+        loading: dict[Future, object] = {}
+        ready = ReadyPages()
+        prefetch = settings.batch_size * len(workers) * 2 + settings.loaders
+        self._next_batch = 0
+        while not self.aborting and self.fatal is None:
+            if not self.stopping:
+                while pending and len(loading) + len(ready) < prefetch:
+                    task = pending.popleft()
+                    future = pool.submit(
+                        load_page_image,
+                        task.path,
+                        task.page_index,
+                        settings.ingest,
+                        self.max_pixels,
+                    )
+                    future.add_done_callback(lambda _f: results.put(None))
+                    loading[future] = task
+            pool = self._harvest_loads(loading, ready, pending, pool, progress)
+            if not self.stopping:
+                self._dispatch(workers, ready, remaining=len(pending) + len(loading) + len(ready))
+            outstanding = any(w.outstanding for w in workers.values())
+            if not outstanding and (self.stopping or not (pending or loading or ready)):
+                break
+            try:
+                message = results.get(timeout=_POLL_S)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                self._handle(message, workers, ready, progress)
+            self._check_workers(workers, ready, results, progress)
+        return pool
+
+    def _harvest_loads(self, loading, ready, pending, pool, progress) -> ProcessPoolExecutor:
+        broken = False
+        for future in [f for f in loading if f.done()]:
+            task = loading.pop(future)
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                broken = True
+                state = self.store.record_failure(
+                    task.page_id,
+                    "a page loader process died while reading this page",
+                    max_attempts=self.settings.max_attempts,
+                )
+                if state == "pending":
+                    pending.appendleft(task)
+                else:
+                    progress.page_failed()
+                continue
+            if isinstance(result, LoadFailure):
+                log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
+                self.store.record_failure(
+                    task.page_id,
+                    result.message,
+                    max_attempts=self.settings.max_attempts,
+                    fatal=True,
+                )
+                progress.page_failed()
+            else:
+                ready.add(ReadyPage(task, result.image, result.load_s))
+        if broken:
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = self._new_pool()
+        return pool
+
+    def _dispatch(self, workers: dict[int, DeviceWorker], ready: ReadyPages, remaining: int):
+        live = sum(1 for worker in workers.values() if not worker.dead) or 1
+        # Near the end of the work, share what is left instead of handing it all to one device.
+        batch_size = max(1, min(self.settings.batch_size, math.ceil(remaining / live)))
+        more_coming = remaining > len(ready)
+        for worker in sorted(workers.values(), key=lambda w: len(w.outstanding)):
+            if not ready:
+                return
+            if not worker.ready or worker.dead or len(worker.outstanding) >= 2:
+                continue
+            # A worker already computing gets a second batch only when it is a full one.
+            if worker.outstanding and len(ready) < batch_size and more_coming:
+                continue
+            batch = ready.take_batch(batch_size)
+            self.store.mark_running([page.task.page_id for page in batch], worker.slot.label)
+            self._next_batch += 1
+            worker.send(self._next_batch, batch, [page.image for page in batch])
+
+    def _handle(self, message, workers, ready: ReadyPages, progress: RunProgress) -> None:
+        worker = workers.get(getattr(message, "worker_id", -1))
+        if worker is None:
+            return
+        stats = progress.device(worker.slot.label)
+        if isinstance(message, WorkerReady):
+            worker.ready = True
+            stats.load_s = message.load_s
+            log.info(
+                "worker %s ready on %s (pid %d, visible devices %s) after %.1f s",
+                message.label,
+                message.device,
+                message.pid,
+                message.visible_devices if message.visible_devices is not None else "-",
+                message.load_s,
+            )
+        elif isinstance(message, WorkerFailed):
+            self.fatal = AnandaSkyError(
+                f"worker {message.label} could not load the model: {message.message}"
+            )
+            self.fatal.exit_code = ExitCode(message.exit_code)
+        elif isinstance(message, BatchDone):
+            pages = worker.outstanding.pop(message.batch_id, [])
+            stats.busy_s += message.infer_s
+            stats.idle_s += message.wait_s
+            per_page_s = message.infer_s / max(len(pages), 1)
+            for page, recognition in zip(pages, message.recognitions, strict=False):
+                self._record_page(page, recognition, worker.slot.label, per_page_s, len(pages))
+                stats.pages += 1
+                progress.page_done()
+        elif isinstance(message, BatchFailed):
+            pages = worker.outstanding.pop(message.batch_id, [])
+            log.error("batch on %s failed: %s", worker.slot.label, message.error)
+            self._retry_or_fail(pages, message.error, ready, progress)
+
+    def _record_page(self, page: ReadyPage, recognition: Recognition, device, infer_s, batch):
+        task = page.task
+        started = time.perf_counter()
+        meta = PageMeta(
+            source_filename=task.relpath,
+            page_number=task.page_index + 1,
+            width=page.image.width,
+            height=page.image.height,
+            model_name=self.model_name,
+            model_checksum=self.model_checksum,
+            prompt=self.prompt,
+            software_version=pipeline.__version__,
+            processing_datetime=datetime.now(timezone.utc).replace(microsecond=0),
+        )
+        write_page_outputs(
+            self.out_dir,
+            task.relpath,
+            task.page_index + 1,
+            recognition,
+            meta,
+            formats=self.settings.formats,
+        )
+        timings = {
+            "load_s": round(page.load_s, 4),
+            "infer_s": round(infer_s, 4),
+            "write_s": round(time.perf_counter() - started, 4),
+            "batch_size": batch,
+        }
+        self.store.mark_done(
+            task.page_id,
+            device=device,
+            timings=timings,
+            confidence=page_confidence(recognition),
+            num_tokens=recognition.num_tokens,
+            stop_reason=recognition.stop_reason,
+        )
+        if recognition.stop_reason == "repetition":
+            log.info("%s page %d: stopped a repetition loop", task.relpath, task.page_index + 1)
+
+    def _retry_or_fail(self, pages: list[ReadyPage], error: str, ready, progress) -> None:
+        for page in pages:
+            state = self.store.record_failure(
+                page.task.page_id, error, max_attempts=self.settings.max_attempts
+            )
+            if state == "pending" and not self.stopping:
+                page.solo = True
+                ready.add(page)
+            elif state == "failed":
+                log.warning(
+                    "%s page %d: failed: %s", page.task.relpath, page.task.page_index + 1, error
+                )
+                progress.page_failed()
+            else:
+                self.store.requeue([page.task.page_id])
+
+    def _check_workers(self, workers, ready, results, progress) -> None:
+        for worker_id, worker in list(workers.items()):
+            if not worker.dead:
+                continue
+            description = worker.exit_description()
+            stats = progress.device(worker.slot.label)
+            pages = [page for batch in worker.outstanding.values() for page in batch]
+            worker.outstanding.clear()
+            log.error(
+                "worker %s %s; %d page(s) in flight", worker.slot.label, description, len(pages)
+            )
+            self._retry_or_fail(pages, f"worker {worker.slot.label} {description}", ready, progress)
+            worker.kill()
+            if self.stopping or worker.restarts >= MAX_WORKER_RESTARTS:
+                del workers[worker_id]
+                log.error("giving up on device %s", worker.slot.label)
+                continue
+            replacement = DeviceWorker.start(
+                self.ctx, worker_id, worker.slot, self._worker_options(), results
+            )
+            replacement.restarts = worker.restarts + 1
+            stats.restarts = replacement.restarts
+            workers[worker_id] = replacement
+        if not workers and not self.stopping and self.fatal is None:
+            self.fatal = AnandaSkyError(
+                "every device worker died; see run.log. Unfinished pages stay pending: "
+                "fix the cause and run the same command again"
+            )
+
+    # -- set-up and tear-down --------------------------------------------------------------
+
+    def _worker_options(self) -> WorkerOptions:
+        cpu_slots = sum(slot.device_type == "cpu" for slot in self.slots)
+        threads = None
+        if cpu_slots:
+            threads = max(1, (mp.cpu_count() - self.settings.loaders) // cpu_slots) or 1
+        return WorkerOptions(
+            model_dir=str(Path(self.settings.model_dir).resolve()),
+            dtype=self.settings.dtype,
+            impl=self.settings.impl,
+            prompt=self.prompt,
+            max_new_tokens=self.settings.max_new_tokens,
+            repetition_guard=self.settings.repetition_guard,
+            torch_threads=threads,
+        )
+
+    def _start_workers(self, results) -> dict[int, DeviceWorker]:
+        options = self._worker_options()
+        return {
+            worker_id: DeviceWorker.start(self.ctx, worker_id, slot, options, results)
+            for worker_id, slot in enumerate(self.slots)
+        }
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.settings.loaders,
+            mp_context=self.ctx,
+            initializer=prepare_child_process,
+        )
+
+    def _slot_list(self) -> str:
+        return ", ".join(slot.label for slot in self.slots)
+
+    def _on_interrupt(self, signum, frame) -> None:
+        if self.stopping:
+            self.aborting = True
+            log.warning("stopping now; unfinished pages stay pending for the next run")
+        else:
+            self.stopping = True
+            log.warning("stopping after the pages in flight (Ctrl-C again to stop at once)")
+
+    def _shutdown(self, pool: ProcessPoolExecutor, workers: dict[int, DeviceWorker]) -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers.values():
+            in_flight = [
+                page.task.page_id for batch in worker.outstanding.values() for page in batch
+            ]
+            if in_flight:
+                self.store.requeue(in_flight)
+            if self.aborting or self.fatal is not None:
+                worker.kill()
+            else:
+                worker.stop()
+
+    def _finish(self, progress: RunProgress | None, wall_s: float) -> ExitCode:
+        summary = self.store.summary()
+        totals = summary.totals()
+        if progress is not None and not self.settings.quiet:
+            for line in progress.summary_lines(wall_s, totals):
+                print(line)
+        if progress is not None:
+            for line in progress.summary_lines(wall_s, totals):
+                log.info(line)
+        if self.stopping:
+            return ExitCode.INTERRUPTED
+        if totals.get("failed", 0) or totals.get("failed_documents", 0):
+            return ExitCode.SOME_PAGES_FAILED
+        return ExitCode.OK
+
+
+def resume_collection(out_dir: Path, *, quiet: bool = False, **overrides) -> ExitCode:
+    """`resume OUT`: the same run again, with the settings its first run stored."""
+    out_dir = Path(out_dir)
+    if not (out_dir / ".anandasky").is_dir():
+        raise BadArguments(
+            f"{out_dir} holds no run to resume: start one with `anandasky-batch run`"
+        )
+    with JobStore.open(out_dir, exclusive=False) as store:
+        stored = store.stored_settings()
+    if stored is None:
+        raise BadArguments(
+            f"{out_dir} has no stored settings: start it again with `anandasky-batch run`"
+        )
+    settings = RunSettings.from_stored(stored, quiet=quiet, **overrides)
+    return run_collection(settings)

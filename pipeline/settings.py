@@ -1,0 +1,95 @@
+"""A run's settings: what the user asked for, what is stored for `resume`, and the fingerprint.
+
+The fingerprint holds only what changes the transcriptions (model, prompt, rendering, generation);
+devices, worker counts and batch sizes may change between a run and its resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.ingest import IngestSettings
+
+OUTPUT_FORMATS = ("alto", "txt")
+# Not stored: a password has no business on disk, and `resume` asks for it again.
+_NOT_STORED = ("pdf_password", "quiet", "new_config")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    inputs: tuple[str, ...]
+    out_dir: str
+    model_dir: str
+    device: str = "auto"
+    devices: str | None = None
+    workers: int = 1
+    dtype: str | None = None
+    impl: str = "auto"
+    prompt: str | None = None
+    max_new_tokens: int = 2048
+    repetition_guard: bool = True
+    dpi: int = 300
+    rasterizer: str = "pdfium"
+    pdf_password: str | None = field(default=None, repr=False)
+    max_image_pixels: int = IngestSettings.max_image_pixels
+    batch_size: int = 8
+    max_attempts: int = 3
+    formats: tuple[str, ...] = OUTPUT_FORMATS
+    loaders: int = 1
+    quiet: bool = False
+    new_config: bool = False
+
+    def __post_init__(self) -> None:
+        from pipeline.errors import BadArguments
+
+        unknown = [fmt for fmt in self.formats if fmt not in OUTPUT_FORMATS]
+        if unknown or not self.formats:
+            raise BadArguments(
+                f"--formats {','.join(self.formats)}: choose from {','.join(OUTPUT_FORMATS)}"
+            )
+        for name in ("batch_size", "max_attempts", "loaders", "dpi", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise BadArguments(f"--{name.replace('_', '-')} must be at least 1")
+        if self.rasterizer not in ("pdfium", "poppler"):
+            raise BadArguments(f"--rasterizer {self.rasterizer}: use pdfium or poppler")
+
+    @property
+    def ingest(self) -> IngestSettings:
+        return IngestSettings(
+            dpi=self.dpi,
+            rasterizer=self.rasterizer,
+            pdf_password=self.pdf_password,
+            max_image_pixels=self.max_image_pixels,
+        )
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir)
+
+    def fingerprint(self, model_checksum: str, prompt: str) -> dict:
+        return {
+            "model_checksum": model_checksum,
+            "prompt": prompt,
+            "dpi": self.dpi,
+            "rasterizer": self.rasterizer,
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_guard": self.repetition_guard,
+        }
+
+    def to_stored(self) -> dict:
+        stored = dataclasses.asdict(self)
+        for name in _NOT_STORED:
+            stored.pop(name)
+        return stored
+
+    @classmethod
+    def from_stored(cls, stored: dict, **overrides) -> RunSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in stored.items() if key in names}
+        for key in ("inputs", "formats"):
+            if key in values:
+                values[key] = tuple(values[key])
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)

@@ -1,0 +1,69 @@
+"""`anandasky-batch status OUT`: where a collection stands, readable while a run is going on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import BadArguments, ExitCode
+from pipeline.store import JobStore, StoreSummary
+
+_SHOWN_FAILURES = 50
+
+
+def status_report(summary: StoreSummary) -> dict:
+    """The JSON form: counts per state, per-device throughput, failures with reasons."""
+    report = summary.to_dict()
+    report["devices"] = [
+        {
+            "device": device,
+            "pages": stats.pages_done,
+            "infer_seconds": round(stats.infer_seconds, 3),
+            "pages_per_second": round(stats.pages_done / stats.infer_seconds, 3)
+            if stats.infer_seconds
+            else None,
+        }
+        for device, stats in sorted(summary.devices.items())
+    ]
+    return report
+
+
+def _text_lines(report: dict) -> list[str]:
+    pages, documents = report["pages"], report["documents"]
+    lines = [
+        "pages: " + ", ".join(f"{count} {state}" for state, count in pages.items()),
+        "documents: "
+        + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in documents.items()),
+    ]
+    for device in report["devices"]:
+        rate = device["pages_per_second"]
+        lines.append(
+            f"  {device['device']}: {device['pages']} pages"
+            + (f", {rate:.2f} pages/s while computing" if rate else "")
+        )
+    failed_docs, failed_pages = report["failed_documents"], report["failed_pages"]
+    if failed_docs:
+        lines.append(f"failed documents ({documents['failed']}):")
+        lines += [f"  {doc['relpath']}: {doc['reason']}" for doc in failed_docs[:_SHOWN_FAILURES]]
+    if failed_pages:
+        lines.append(f"failed pages ({pages['failed']}):")
+        lines += [
+            f"  {page['relpath']} page {page['page']}: {page['error']}"
+            for page in failed_pages[:_SHOWN_FAILURES]
+        ]
+    shown = len(failed_docs[:_SHOWN_FAILURES]) + len(failed_pages[:_SHOWN_FAILURES])
+    if shown < len(failed_docs) + len(failed_pages):
+        lines.append("  ... (all of them: anandasky-batch status OUT --json)")
+    return lines
+
+
+def print_status(out_dir: Path, *, as_json: bool = False) -> ExitCode:
+    if not (Path(out_dir) / ".anandasky").is_dir():
+        raise BadArguments(f"{out_dir} holds no run: start one with `anandasky-batch run`")
+    with JobStore.open(out_dir, exclusive=False) as store:
+        report = status_report(store.summary())
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(_text_lines(report)))
+    return ExitCode.OK

@@ -1,0 +1,208 @@
+"""Device worker processes: one per device, each loads the model once and recognises batches.
+
+A worker owns nothing but its device: it receives page images, returns `Recognition`s, and
+reports how long it computed and how long it waited. Writing outputs and recording results is
+the coordinator's job, so a worker that dies loses nothing that was already reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from pipeline.child_process import prepare_child_process
+from pipeline.device_plan import WorkerSlot, pin_to_slot
+from pipeline.records import Recognition
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What every device worker needs to load the model and run it the same way."""
+
+    model_dir: str
+    dtype: str | None
+    impl: str
+    prompt: str
+    max_new_tokens: int
+    repetition_guard: bool
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker_id: int
+    label: str
+    device: str  # the torch device the model runs on inside the worker
+    visible_devices: str | None  # the pinning variable's value as the worker saw it
+    pid: int
+    load_s: float
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """The model could not be loaded: no point in restarting this worker."""
+
+    worker_id: int
+    label: str
+    message: str
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    worker_id: int
+    batch_id: int
+    recognitions: list[Recognition]
+    infer_s: float
+    wait_s: float  # time the worker sat idle before this batch arrived
+
+
+@dataclass(frozen=True)
+class BatchFailed:
+    worker_id: int
+    batch_id: int
+    error: str
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def device_worker_main(
+    worker_id: int,
+    slot: WorkerSlot,
+    options: WorkerOptions,
+    tasks: mp.Queue,
+    results: mp.Queue,
+) -> None:
+    """Entry point of a worker process (spawned, so nothing is inherited but the arguments)."""
+    prepare_child_process()
+    pin_to_slot(slot)
+    started = time.perf_counter()
+    try:
+        import torch
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        from pipeline.model import load_recognizer
+
+        recognizer = load_recognizer(
+            options.model_dir, device=slot.torch_device, dtype=options.dtype, impl=options.impl
+        )
+    except Exception as exc:  # reported to the coordinator, which stops the run
+        from pipeline.errors import AnandaSkyError, ExitCode
+
+        code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.BAD_ARGUMENTS
+        results.put(WorkerFailed(worker_id, slot.label, _describe(exc), int(code)))
+        return
+    visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
+    results.put(
+        WorkerReady(
+            worker_id,
+            slot.label,
+            str(recognizer.device),
+            visible,
+            os.getpid(),
+            time.perf_counter() - started,
+        )
+    )
+    while True:
+        idle_since = time.perf_counter()
+        job = tasks.get()
+        if job is None:
+            return
+        batch_id, images = job
+        started = time.perf_counter()
+        try:
+            recognitions = recognizer.recognize(
+                images,
+                prompt=options.prompt,
+                max_new_tokens=options.max_new_tokens,
+                repetition_guard=options.repetition_guard,
+            )
+        except Exception as exc:  # one bad batch must not take the device down
+            results.put(BatchFailed(worker_id, batch_id, _describe(exc)))
+            continue
+        results.put(
+            BatchDone(
+                worker_id,
+                batch_id,
+                recognitions,
+                time.perf_counter() - started,
+                started - idle_since,
+            )
+        )
+
+
+@dataclass
+class DeviceWorker:
+    """The coordinator's handle on one worker process and the batches it holds."""
+
+    worker_id: int
+    slot: WorkerSlot
+    process: mp.process.BaseProcess
+    tasks: mp.Queue
+    ready: bool = False
+    outstanding: dict[int, list] = field(default_factory=dict)
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+    pages_done: int = 0
+    restarts: int = 0
+
+    @classmethod
+    def start(
+        cls,
+        ctx: mp.context.BaseContext,
+        worker_id: int,
+        slot: WorkerSlot,
+        options: WorkerOptions,
+        results: mp.Queue,
+    ) -> DeviceWorker:
+        tasks = ctx.Queue()
+        process = ctx.Process(
+            target=device_worker_main,
+            args=(worker_id, slot, options, tasks, results),
+            name=f"anandasky-worker-{slot.label}",
+            daemon=True,
+        )
+        process.start()
+        return cls(worker_id, slot, process, tasks)
+
+    def send(self, batch_id: int, pages: list, images: list[Image.Image]) -> None:
+        self.outstanding[batch_id] = pages
+        self.tasks.put((batch_id, images))
+
+    @property
+    def dead(self) -> bool:
+        return self.process.exitcode is not None
+
+    def exit_description(self) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to finish; kill it if it does not."""
+        if self.process.exitcode is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.tasks.put(None)
+            self.process.join(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(5)
+        self.tasks.cancel_join_thread()
+        self.tasks.close()

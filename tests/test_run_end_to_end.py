@@ -1,0 +1,271 @@
+"""Whole runs through the real CLI: real worker processes, real SQLite, real poppler/pdfium.
+
+These are the slowest tests (each run spawns model workers); they use the tiny checkpoint and a
+small token budget so a run over the shared test pages takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_valid_alto
+
+from pipeline.alto import alto_to_text
+from pipeline.errors import ExitCode
+from pipeline.store import JobStore
+
+pytestmark = pytest.mark.slow
+
+GOOD_PAGES = {  # relpath under the input folder -> page count
+    "handwriting/170025120000003,0074.jpg": 1,
+    "handwriting/btv1b84473026_f10.jpg": 1,
+    "pdf/olmocr_mattsnotes_3p.pdf": 3,
+    "pdf/vicksburg_sample_ocr_6p.pdf": 6,
+    "vertical/jp_vert.jpg": 1,
+    "vertical/ndl_3508165_9.jpg": 1,
+}
+RUN_OPTIONS = ["--device", "cpu", "--max-new-tokens", "12", "--dpi", "100", "--batch-size", "4"]
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        **kwargs,
+    )
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,  # its own process group, so "kill the whole run" is one killpg
+    )
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    pages = out / "pages"
+    return {
+        str(path.relative_to(pages)): path.read_bytes()
+        for path in sorted(pages.rglob("*"))
+        if path.is_file()
+    }
+
+
+def expected_outputs(pages: dict[str, int]) -> set[str]:
+    names = set()
+    for relpath, count in pages.items():
+        for number in range(1, count + 1):
+            names |= {f"{relpath}/{number:04d}.alto.xml", f"{relpath}/{number:04d}.txt"}
+    return names
+
+
+def assert_complete_outputs(out: Path, pages: dict[str, int]) -> dict[str, bytes]:
+    files = output_files(out)
+    assert set(files) == expected_outputs(pages)
+    for name, data in files.items():
+        if name.endswith(".alto.xml"):
+            assert_valid_alto(data)
+            txt = files[name.replace(".alto.xml", ".txt")].decode("utf-8")
+            assert alto_to_text(data) + "\n" == txt
+    return files
+
+
+def done_pages(out: Path) -> int:
+    try:
+        with JobStore.open(out, exclusive=False) as store:
+            return store.summary().totals().get("done", 0)
+    except Exception:
+        return 0
+
+
+def wait_for_done(out: Path, process: subprocess.Popen, at_least: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done_pages(out) >= at_least:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"run ended early: {process.communicate()}")
+        time.sleep(0.05)
+    pytest.fail(f"no {at_least} pages done within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def good_input(tmp_path_factory, testdata) -> Path:
+    """The shared real pages, linked into a folder of our own (never copied into the repo)."""
+    root = tmp_path_factory.mktemp("scans")
+    for relpath in GOOD_PAGES:
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(testdata / "pages" / relpath, target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, good_input, tiny_model_dir) -> dict[str, bytes]:
+    """One uninterrupted run: what every interrupted-and-resumed run must end up equal to."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    result = cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", "--quiet", *RUN_OPTIONS)
+    assert result.returncode == ExitCode.OK, result.stderr
+    return assert_complete_outputs(out, GOOD_PAGES)
+
+
+def comparable(files: dict[str, bytes]) -> dict[str, bytes]:
+    """ALTO carries its processing time; everything else must be byte-identical."""
+    stamp = re.compile(rb"<processingDateTime>[^<]*</processingDateTime>")
+    return {name: stamp.sub(b"", data) for name, data in files.items()}
+
+
+def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
+    tmp_path, good_input, tiny_model_dir
+):
+    out = tmp_path / "out"
+    result = cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", *RUN_OPTIONS)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert_complete_outputs(out, GOOD_PAGES)
+    status = json.loads(cli("status", str(out), "--json").stdout)
+    per_device = {device["device"]: device["pages"] for device in status["devices"]}
+    assert set(per_device) == {"cpu:0", "cpu:1"}
+    assert all(count > 0 for count in per_device.values())
+    assert sum(per_device.values()) == sum(GOOD_PAGES.values())
+    ready_lines = re.findall(r"worker (cpu:\d) ready on (\S+) \(pid (\d+)", (out / "run.log").read_text())
+    assert sorted(label for label, _, _ in ready_lines) == ["cpu:0", "cpu:1"]
+    assert len({pid for _, _, pid in ready_lines}) == 2
+    assert "pages done" in result.stdout
+
+
+def test_rerun_of_a_finished_run_recomputes_nothing(tmp_path, good_input, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    assert cli(*args).returncode == ExitCode.OK
+    before = {p: p.stat().st_mtime_ns for p in (out / "pages").rglob("*") if p.is_file()}
+    assert cli(*args).returncode == ExitCode.OK
+    after = {p: p.stat().st_mtime_ns for p in (out / "pages").rglob("*") if p.is_file()}
+    assert before == after
+
+
+@pytest.mark.parametrize("kill_after_pages", [0, 3, 10])
+def test_resume_after_kill_9_of_the_whole_run_equals_an_uninterrupted_run(
+    tmp_path, good_input, tiny_model_dir, reference_run, kill_after_pages
+):
+    out = tmp_path / "out"
+    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
+            "--workers", "2", "--quiet", *RUN_OPTIONS]
+    process = start_cli(*args)
+    if kill_after_pages:
+        wait_for_done(out, process, kill_after_pages)
+    else:
+        deadline = time.monotonic() + 120
+        while not (out / ".anandasky").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    result = cli(*args)
+    assert result.returncode == ExitCode.OK, result.stderr
+    files = assert_complete_outputs(out, GOOD_PAGES)
+    assert comparable(files) == comparable(reference_run)
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".tmp")]
+    assert leftovers == []
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
+    tmp_path, good_input, tiny_model_dir
+):
+    out = tmp_path / "out"
+    process = start_cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
+                        "--workers", "2", "--quiet", *RUN_OPTIONS)
+    wait_for_done(out, process, 2)
+    log = (out / "run.log").read_text()
+    victim = int(re.findall(r"worker cpu:0 ready on \S+ \(pid (\d+)", log)[0])
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == ExitCode.OK, stderr
+    assert_complete_outputs(out, GOOD_PAGES)
+    assert "worker cpu:0 killed by SIGKILL" in (out / "run.log").read_text()
+
+
+def test_second_run_on_an_output_folder_in_use_is_refused(tmp_path, good_input, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    first = start_cli(*args)
+    wait_for_done(out, first, 1)
+    second = cli(*args)
+    first.communicate(timeout=600)
+    assert second.returncode == ExitCode.OUTPUT_IN_USE
+    assert str(out) in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    assert first.returncode == ExitCode.OK
+
+
+def test_changed_settings_are_refused_until_new_config_is_asked_for(tmp_path, good_input, tiny_model_dir):
+    out = tmp_path / "out"
+    single = tmp_path / "one"
+    single.mkdir()
+    shutil.copy(good_input / "vertical/jp_vert.jpg", single / "jp_vert.jpg")
+    base = ["run", str(single), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    assert cli(*base).returncode == ExitCode.OK
+    changed = cli(*base, "--prompt", "Transcribe this page.")
+    assert changed.returncode == ExitCode.BAD_ARGUMENTS
+    assert "prompt" in changed.stderr and "--new-config" in changed.stderr
+    assert cli(*base, "--prompt", "Transcribe this page.", "--new-config").returncode == ExitCode.OK
+
+
+def test_ctrl_c_stops_gracefully_with_130_and_the_rerun_completes(tmp_path, good_input, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
+            "--batch-size", "1", *RUN_OPTIONS[:-2]]
+    process = start_cli(*args)
+    wait_for_done(out, process, 1)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=300)
+    assert process.returncode == ExitCode.INTERRUPTED
+    with JobStore.open(out, exclusive=False) as store:
+        totals = store.summary().totals()
+    assert totals.get("running", 0) == 0
+    assert 1 <= totals.get("done", 0) < sum(GOOD_PAGES.values())
+    assert cli(*args).returncode == ExitCode.OK
+    assert_complete_outputs(out, GOOD_PAGES)
+
+
+def test_malformed_files_fail_with_reasons_and_every_readable_page_is_done(
+    tmp_path, good_input, tiny_model_dir, testdata
+):
+    inputs = tmp_path / "mixed"
+    shutil.copytree(good_input, inputs, symlinks=True)
+    os.symlink(testdata / "malformed", inputs / "malformed")
+    out = tmp_path / "out"
+    result = cli("run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", "--quiet", "--pdf-password", "623", *RUN_OPTIONS)
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    status = json.loads(cli("status", str(out), "--json").stdout)
+    failed = {doc["relpath"]: doc["reason"] for doc in status["failed_documents"]}
+    for name in ("zero_bytes.pdf", "zero_bytes.jpg", "not_a_pdf_oops.pdf", "zero_pages.pdf",
+                 "decompression_bomb_65535x66601.gif"):
+        assert f"malformed/{name}" in failed, failed
+        assert failed[f"malformed/{name}"].strip()
+    files = output_files(out)
+    for relpath in GOOD_PAGES:
+        assert f"{relpath}/0001.txt" in files
+    for name in ("cmyk_adobe.jpg", "exif_orientation_6.jpg", "gray16.tif", "palette_trns.png",
+                 "png_bytes_named.jpg", "encrypted_user_pw_623_rc4_40bit.pdf"):
+        assert f"malformed/{name}/0001.alto.xml" in files, sorted(files)
+    assert {f"malformed/multipage_3frames.tiff/{n:04d}.txt" for n in (1, 2, 3)} <= set(files)
+    for name, data in files.items():
+        if name.endswith(".alto.xml"):
+            assert_valid_alto(data)
