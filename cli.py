@@ -99,7 +99,7 @@ def run(
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes when running on CPU.")] = 1,
     dtype: DtypeOption = None,
-    impl: ImplOption = Impl.native,
+    impl: ImplOption = Impl.auto,
     prompt: Annotated[
         str | None, typer.Option(help="Instruction given to the model with each page.")
     ] = None,
@@ -244,7 +244,7 @@ def infer(
     prompt: Annotated[str | None, typer.Option()] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    impl: ImplOption = Impl.native,
+    impl: ImplOption = Impl.auto,
     max_new_tokens: Annotated[int, typer.Option()] = 2048,
 ) -> int:
     """Transcribe a single image and print the text."""
@@ -261,6 +261,47 @@ def infer(
     )
     print(text)
     return ExitCode.OK
+
+
+@app.command()
+def verify(
+    model: ModelOption,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Page to check (first page of the file); repeatable. Default: samples/inputs."
+        ),
+    ] = None,
+    impl: ImplOption = Impl.auto,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the JSON report is written.")
+    ] = Path("eval_results.json"),
+    reference_model: Annotated[
+        Path | None,
+        typer.Option(help="Reference weights folder (default: --model), run on CPU in float32."),
+    ] = None,
+    reference_impl: Annotated[
+        Impl | None,
+        typer.Option(help="Reference implementation (default: the one --impl resolves to)."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per page.")] = 48,
+) -> int:
+    """Check this device/dtype against CPU float32 on fixed pages; exit 1 if a threshold fails."""
+    from pipeline.verify import run_verify
+
+    return run_verify(
+        model_dir=model,
+        device=device,
+        dtype=dtype,
+        images=images,
+        impl=impl.value,
+        out_path=out,
+        reference_dir=reference_model,
+        reference_impl=reference_impl.value if reference_impl else None,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 @app.command("make-test-model")

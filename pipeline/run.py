@@ -52,6 +52,21 @@ MAX_WORKER_RESTARTS = 3
 _POLL_S = 0.05
 
 
+def _image_pixel_budget(model_dir: str, impl: str) -> int | None:
+    """Pages travel between processes no larger than the model will look at.
+
+    Only the native config states that size; a remote-code model's own processor resizes, so
+    its pages travel as rendered.
+    """
+    if impl != "native":
+        from pipeline.compat.remote import choose_impl
+
+        impl = choose_impl(model_dir)
+    if impl == "native":
+        return AnandaSkyConfig.load(Path(model_dir) / "config.json").max_image_pixels
+    return None
+
+
 def run_collection(settings: RunSettings) -> ExitCode:
     """Run (or resume) `settings` and return the exit code that describes the outcome."""
     inputs = [Path(p) for p in settings.inputs]
@@ -94,10 +109,7 @@ class Coordinator:
         self.model_checksum = model_checksum
         self.model_name = Path(settings.model_dir).resolve().name
         self.out_dir = settings.out_path
-        # Pages travel between processes no larger than the model will look at.
-        self.max_pixels = AnandaSkyConfig.load(
-            Path(settings.model_dir) / "config.json"
-        ).max_image_pixels
+        self.max_pixels = _image_pixel_budget(settings.model_dir, settings.impl)
         self.ctx = mp.get_context("spawn")
         self.stopping = False
         self.aborting = False

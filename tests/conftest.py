@@ -30,7 +30,9 @@ def assert_valid_xml(path_or_bytes, schema_name: str) -> None:
         doc = etree.parse(str(path_or_bytes))
     schema = _schema(schema_name)
     if not schema.validate(doc):
-        raise AssertionError(f"{path_or_bytes!s:.200} is not valid {schema_name}:\n{schema.error_log}")
+        raise AssertionError(
+            f"{path_or_bytes!s:.200} is not valid {schema_name}:\n{schema.error_log}"
+        )
 
 
 def assert_valid_alto(path_or_bytes) -> None:
@@ -42,3 +44,19 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.fail(f"shared test data not found at {TESTDATA}")
     return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random-weight AnandaSky checkpoint (~2M parameters), built once per session."""
+    from pipeline.model import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("tiny-model"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def seed_model_dir(tmp_path_factory) -> Path:
+    """The ~41M-parameter `seed` checkpoint (full 4x768 ViT); a few seconds and ~165 MB to build."""
+    from pipeline.model import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("seed-model"), "seed")

@@ -94,7 +94,9 @@ def done_pages(out: Path) -> int:
         return 0
 
 
-def wait_for_done(out: Path, process: subprocess.Popen, at_least: int, timeout: float = 300) -> None:
+def wait_for_done(
+    out: Path, process: subprocess.Popen, at_least: int, timeout: float = 300
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if done_pages(out) >= at_least:
@@ -120,8 +122,18 @@ def good_input(tmp_path_factory, testdata) -> Path:
 def reference_run(tmp_path_factory, good_input, tiny_model_dir) -> dict[str, bytes]:
     """One uninterrupted run: what every interrupted-and-resumed run must end up equal to."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    result = cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
-                 "--workers", "2", "--quiet", *RUN_OPTIONS)
+    result = cli(
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--workers",
+        "2",
+        "--quiet",
+        *RUN_OPTIONS,
+    )
     assert result.returncode == ExitCode.OK, result.stderr
     return assert_complete_outputs(out, GOOD_PAGES)
 
@@ -136,8 +148,17 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    result = cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
-                 "--workers", "2", *RUN_OPTIONS)
+    result = cli(
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--workers",
+        "2",
+        *RUN_OPTIONS,
+    )
     assert result.returncode == ExitCode.OK, result.stderr
     assert_complete_outputs(out, GOOD_PAGES)
     status = json.loads(cli("status", str(out), "--json").stdout)
@@ -145,7 +166,9 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     assert set(per_device) == {"cpu:0", "cpu:1"}
     assert all(count > 0 for count in per_device.values())
     assert sum(per_device.values()) == sum(GOOD_PAGES.values())
-    ready_lines = re.findall(r"worker (cpu:\d) ready on (\S+) \(pid (\d+)", (out / "run.log").read_text())
+    ready_lines = re.findall(
+        r"worker (cpu:\d) ready on (\S+) \(pid (\d+)", (out / "run.log").read_text()
+    )
     assert sorted(label for label, _, _ in ready_lines) == ["cpu:0", "cpu:1"]
     assert len({pid for _, _, pid in ready_lines}) == 2
     assert "pages done" in result.stdout
@@ -153,7 +176,16 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
 
 def test_rerun_of_a_finished_run_recomputes_nothing(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    args = [
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        *RUN_OPTIONS,
+    ]
     assert cli(*args).returncode == ExitCode.OK
     before = {p: p.stat().st_mtime_ns for p in (out / "pages").rglob("*") if p.is_file()}
     assert cli(*args).returncode == ExitCode.OK
@@ -166,8 +198,18 @@ def test_resume_after_kill_9_of_the_whole_run_equals_an_uninterrupted_run(
     tmp_path, good_input, tiny_model_dir, reference_run, kill_after_pages
 ):
     out = tmp_path / "out"
-    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
-            "--workers", "2", "--quiet", *RUN_OPTIONS]
+    args = [
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--workers",
+        "2",
+        "--quiet",
+        *RUN_OPTIONS,
+    ]
     process = start_cli(*args)
     if kill_after_pages:
         wait_for_done(out, process, kill_after_pages)
@@ -189,8 +231,18 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    process = start_cli("run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir),
-                        "--workers", "2", "--quiet", *RUN_OPTIONS)
+    process = start_cli(
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--workers",
+        "2",
+        "--quiet",
+        *RUN_OPTIONS,
+    )
     wait_for_done(out, process, 2)
     log = (out / "run.log").read_text()
     victim = int(re.findall(r"worker cpu:0 ready on \S+ \(pid (\d+)", log)[0])
@@ -203,7 +255,16 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
 
 def test_second_run_on_an_output_folder_in_use_is_refused(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    args = [
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        *RUN_OPTIONS,
+    ]
     first = start_cli(*args)
     wait_for_done(out, first, 1)
     second = cli(*args)
@@ -213,12 +274,23 @@ def test_second_run_on_an_output_folder_in_use_is_refused(tmp_path, good_input, 
     assert first.returncode == ExitCode.OK
 
 
-def test_changed_settings_are_refused_until_new_config_is_asked_for(tmp_path, good_input, tiny_model_dir):
+def test_changed_settings_are_refused_until_new_config_is_asked_for(
+    tmp_path, good_input, tiny_model_dir
+):
     out = tmp_path / "out"
     single = tmp_path / "one"
     single.mkdir()
     shutil.copy(good_input / "vertical/jp_vert.jpg", single / "jp_vert.jpg")
-    base = ["run", str(single), "--out", str(out), "--model", str(tiny_model_dir), "--quiet", *RUN_OPTIONS]
+    base = [
+        "run",
+        str(single),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        *RUN_OPTIONS,
+    ]
     assert cli(*base).returncode == ExitCode.OK
     changed = cli(*base, "--prompt", "Transcribe this page.")
     assert changed.returncode == ExitCode.BAD_ARGUMENTS
@@ -226,10 +298,22 @@ def test_changed_settings_are_refused_until_new_config_is_asked_for(tmp_path, go
     assert cli(*base, "--prompt", "Transcribe this page.", "--new-config").returncode == ExitCode.OK
 
 
-def test_ctrl_c_stops_gracefully_with_130_and_the_rerun_completes(tmp_path, good_input, tiny_model_dir):
+def test_ctrl_c_stops_gracefully_with_130_and_the_rerun_completes(
+    tmp_path, good_input, tiny_model_dir
+):
     out = tmp_path / "out"
-    args = ["run", str(good_input), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
-            "--batch-size", "1", *RUN_OPTIONS[:-2]]
+    args = [
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        "--batch-size",
+        "1",
+        *RUN_OPTIONS[:-2],
+    ]
     process = start_cli(*args)
     wait_for_done(out, process, 1)
     os.killpg(process.pid, signal.SIGINT)
@@ -250,22 +334,95 @@ def test_malformed_files_fail_with_reasons_and_every_readable_page_is_done(
     shutil.copytree(good_input, inputs, symlinks=True)
     os.symlink(testdata / "malformed", inputs / "malformed")
     out = tmp_path / "out"
-    result = cli("run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir),
-                 "--workers", "2", "--quiet", "--pdf-password", "623", *RUN_OPTIONS)
+    result = cli(
+        "run",
+        str(inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--workers",
+        "2",
+        "--quiet",
+        "--pdf-password",
+        "623",
+        *RUN_OPTIONS,
+    )
     assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
     status = json.loads(cli("status", str(out), "--json").stdout)
     failed = {doc["relpath"]: doc["reason"] for doc in status["failed_documents"]}
-    for name in ("zero_bytes.pdf", "zero_bytes.jpg", "not_a_pdf_oops.pdf", "zero_pages.pdf",
-                 "decompression_bomb_65535x66601.gif"):
+    for name in (
+        "zero_bytes.pdf",
+        "zero_bytes.jpg",
+        "not_a_pdf_oops.pdf",
+        "zero_pages.pdf",
+        "decompression_bomb_65535x66601.gif",
+    ):
         assert f"malformed/{name}" in failed, failed
         assert failed[f"malformed/{name}"].strip()
     files = output_files(out)
     for relpath in GOOD_PAGES:
         assert f"{relpath}/0001.txt" in files
-    for name in ("cmyk_adobe.jpg", "exif_orientation_6.jpg", "gray16.tif", "palette_trns.png",
-                 "png_bytes_named.jpg", "encrypted_user_pw_623_rc4_40bit.pdf"):
+    for name in (
+        "cmyk_adobe.jpg",
+        "exif_orientation_6.jpg",
+        "gray16.tif",
+        "palette_trns.png",
+        "png_bytes_named.jpg",
+        "encrypted_user_pw_623_rc4_40bit.pdf",
+    ):
         assert f"malformed/{name}/0001.alto.xml" in files, sorted(files)
     assert {f"malformed/multipage_3frames.tiff/{n:04d}.txt" for n in (1, 2, 3)} <= set(files)
     for name, data in files.items():
         if name.endswith(".alto.xml"):
             assert_valid_alto(data)
+
+
+def test_a_changed_input_file_is_redone_and_the_others_are_not(tmp_path, testdata, tiny_model_dir):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(testdata / "pages/vertical/jp_vert.jpg", inputs / "a.jpg")
+    shutil.copy(testdata / "pages/handwriting/btv1b84473026_f10.jpg", inputs / "b.jpg")
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        *RUN_OPTIONS,
+    ]
+    assert cli(*args).returncode == ExitCode.OK
+    untouched = (out / "pages/b.jpg/0001.txt").stat().st_mtime_ns
+    # The same name, new content: a 3-page TIFF replaces a 1-page JPEG.
+    (inputs / "a.jpg").unlink()
+    shutil.copy(testdata / "malformed/multipage_3frames.tiff", inputs / "a.jpg")
+    assert cli(*args).returncode == ExitCode.OK
+    assert_complete_outputs(out, {"a.jpg": 3, "b.jpg": 1})
+    assert (out / "pages/b.jpg/0001.txt").stat().st_mtime_ns == untouched
+
+
+def test_resume_reruns_with_the_stored_settings(tmp_path, good_input, tiny_model_dir):
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(good_input),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        "--formats",
+        "txt",
+        *RUN_OPTIONS,
+    ]
+    process = start_cli(*args)
+    wait_for_done(out, process, 2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    result = cli("resume", str(out), "--quiet")
+    assert result.returncode == ExitCode.OK, result.stderr
+    files = set(output_files(out))
+    assert files == {name for name in expected_outputs(GOOD_PAGES) if name.endswith(".txt")}

@@ -1,0 +1,178 @@
+"""The one place attention is computed: SDPA everywhere, Ascend fused attention for packed sequences.
+
+Two entry points cover every caller:
+- `attention` for padded batches `(B, H, S, D)` (decode steps, per-image fallbacks);
+- `varlen_attention` for packed sequences `(T, H, D)` with `cu_seqlens` (vision encoder, prefill).
+Causal masks are bottom-right aligned whenever query and key lengths differ (query i sees keys
+`j <= i + Sk - Sq`, the flash-attn convention); torch's `is_causal=True` is top-left aligned, so it
+is only used when the lengths are equal. Rows that may attend to nothing return zeros, not NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - torch < 2.3
+    sdpa_kernel = None
+
+_TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+_SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)
+_NPU_MASK_SIZE = 2048  # npu_fusion_attention's compressed causal mask for sparse_mode=3
+
+
+def sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager:
+    """Scope for a whole batch: on CUDA, keep SDPA off the cuDNN backend.
+
+    cuDNN attention (chosen for 16-bit inputs) builds an execution plan for every new sequence
+    length, ~12 ms each; decoding changes the key length at every step, which made bf16 decoding
+    ten times slower than float32. Flash / memory-efficient kernels have no such cost.
+    """
+    if device.type != "cuda" or sdpa_kernel is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
+
+
+def _expand_kv(k: torch.Tensor, v: torch.Tensor, num_heads: int, head_axis: int):
+    """Repeat kv heads for GQA where SDPA cannot (torch < 2.5)."""
+    groups = num_heads // k.shape[head_axis]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=head_axis), v.repeat_interleave(groups, dim=head_axis)
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    if q.shape[1] != k.shape[1]:
+        if _SDPA_HAS_GQA:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=True
+            )
+        k, v = _expand_kv(k, v, q.shape[1], head_axis=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """Boolean `(q_len, k_len)` mask, True = may attend, aligned bottom-right."""
+    rows = torch.arange(q_len, device=device)[:, None]
+    cols = torch.arange(k_len, device=device)[None, :]
+    return cols <= rows + (k_len - q_len)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_mask: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over a batch: q `(B, H, Sq, D)`, k/v `(B, Hk, Sk, D)`, GQA when Hk < H.
+
+    `key_mask` `(B, Sk)` marks keys that exist (True) so rows of different lengths share a batch;
+    combined with `causal`, rows left with no key give zeros. `mask` is the fast path for hot loops:
+    a ready boolean mask broadcastable to `(B, 1, Sq, Sk)` in which every row keeps at least one
+    key (the caller guarantees it, so no check and no device sync happens here).
+    """
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        if causal or key_mask is not None:
+            raise ValueError("pass either a ready `mask` or `causal`/`key_mask`, not both")
+        return _sdpa(q, k, v, mask, False, scale)
+    if causal and q_len == 1:
+        causal = False  # bottom-right: the single query sees every key
+    if key_mask is None and (not causal or q_len == k_len):
+        return _sdpa(q, k, v, None, causal, scale)
+    full = None
+    if causal:
+        full = causal_mask(q_len, k_len, q.device)[None, None]  # (1, 1, Sq, Sk)
+    if key_mask is not None:
+        km = key_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Sk)
+        full = km if full is None else full & km
+    out = _sdpa(q, k, v, full, False, scale)
+    # Rows with no key: SDPA gives NaN there, flash-attn gives 0.
+    return out.masked_fill(~full.any(dim=-1, keepdim=True), 0.0)
+
+
+@functools.cache
+def _npu_causal_mask(device: torch.device) -> torch.Tensor:
+    ones = torch.ones(_NPU_MASK_SIZE, _NPU_MASK_SIZE, dtype=torch.bool, device=device)
+    return torch.triu(ones, diagonal=1)
+
+
+def _npu_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Ascend fused attention, layout TND (packed tokens, heads, dim); GQA handled natively."""
+    import torch_npu  # present: the tensors live on an NPU
+
+    ends = tuple(int(x) for x in cu_seqlens[1:].tolist())
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    kwargs = {}
+    if causal:  # sparse_mode 3 = bottom-right causal over the compressed 2048x2048 mask
+        kwargs = {"atten_mask": _npu_causal_mask(q.device), "sparse_mode": 3}
+    return torch_npu.npu_fusion_attention(
+        q,
+        k,
+        v,
+        q.shape[1],
+        input_layout="TND",
+        scale=scale,
+        actual_seq_qlen=ends,
+        actual_seq_kvlen=ends,
+        **kwargs,
+    )[0]
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Block-diagonal attention over packed sequences: q `(T, H, D)`, k/v `(T, Hk, D)`.
+
+    `cu_seqlens` `(N+1,)` holds cumulative sequence ends starting at 0; token t of sequence n only
+    sees tokens of sequence n. Returns `(T, H, D)`.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if q.device.type == "npu" and q.dtype in (torch.float16, torch.bfloat16):
+        return _npu_varlen(q, k, v, cu_seqlens, causal, scale)  # the fused kernel is 16-bit only
+    bounds = cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    for start, end in itertools.pairwise(bounds):
+        if end == start:
+            continue
+        # (L, H, D) -> (1, H, L, D); each sequence alone, so no mask and no padding work.
+        qs = q[start:end].transpose(0, 1)[None]
+        ks = k[start:end].transpose(0, 1)[None]
+        vs = v[start:end].transpose(0, 1)[None]
+        res = _sdpa(qs, ks, vs, None, causal and end - start > 1, scale)
+        out[start:end] = res[0].transpose(0, 1)
+    return out

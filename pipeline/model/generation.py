@@ -1,0 +1,223 @@
+"""Batched greedy decoding with a KV cache: many pages, one forward pass per generated token.
+
+Shape of the engine (nano-vllm / gpt-fast in spirit, no framework in between):
+- prefill: every prompt of the batch is packed into ONE sequence (no padding) and run once;
+  causal attention stays inside each prompt (`cu_seqlens`), keys/values land in cache rows;
+- decode: each step feeds one token per live row; rows keep their own lengths, and a boolean key
+  mask hides the cache slots a shorter row does not have;
+- a row that stops (its own `<|im_end|>`/`<|endoftext|>`, a repetition loop, or the token budget)
+  leaves the batch at once: its cache row is dropped, so later steps cost only the live rows.
+Per step there is one device->host copy (the chosen ids and their log-probs). A row never runs
+past the model's positions: the budget is cut to what is left after the longest prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.model.decoder import KVCache, NativeDecoder
+
+STOP_EOS = "eos"
+STOP_MAX_TOKENS = "max_new_tokens"
+STOP_REPETITION = "repetition"
+
+
+@dataclass(frozen=True)
+class RepetitionGuard:
+    """Stop a row whose last tokens are one n-gram (n <= `max_period`) repeated over and over.
+
+    The tail must be periodic for at least `max(min_span, min_repeats * n)` tokens: long enough
+    that dot leaders, rules and short repeated words in real pages pass, short enough that a
+    model caught in a loop does not burn its whole token budget. The loop is cut back to one copy
+    of the repeated unit.
+    """
+
+    max_period: int = 64
+    min_repeats: int = 4
+    min_span: int = 48
+
+    def thresholds(self) -> torch.Tensor:
+        """Per period p, how many consecutive `tok[t] == tok[t-p]` matches mean 'stuck'."""
+        periods = torch.arange(1, self.max_period + 1)
+        span = torch.clamp(periods * self.min_repeats, min=self.min_span)
+        return span - periods
+
+
+class _RepetitionTracker:
+    """Run lengths of `tok[t] == tok[t-p]` for every live row and period, kept on the CPU."""
+
+    def __init__(self, guard: RepetitionGuard, rows: int, max_steps: int) -> None:
+        self.periods = torch.arange(1, guard.max_period + 1)
+        self.limits = guard.thresholds()
+        self.history = torch.zeros(rows, max(max_steps, 1), dtype=torch.long)
+        self.runs = torch.zeros(rows, guard.max_period, dtype=torch.long)
+
+    def update(self, step: int, tokens: torch.Tensor) -> list[int]:
+        """Record this step's tokens; return, per row, how many tail tokens to cut (0 = fine)."""
+        self.history[:, step] = tokens
+        back = step - self.periods
+        valid = back >= 0
+        prev = self.history[:, back.clamp(min=0)]
+        same = (prev == tokens[:, None]) & valid
+        self.runs = (self.runs + 1) * same
+        stuck = self.runs >= self.limits
+        if not bool(stuck.any()):
+            return [0] * tokens.shape[0]
+        cut = []
+        for row in range(tokens.shape[0]):
+            hits = stuck[row].nonzero()
+            # Keep the text up to the first copy of the unit: drop `runs` trailing tokens.
+            cut.append(int(self.runs[row, hits[0, 0]]) if hits.numel() else 0)
+        return cut
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.history = self.history.index_select(0, rows)
+        self.runs = self.runs.index_select(0, rows)
+
+
+@dataclass
+class Generated:
+    """One row's output: ids (stop token excluded), their log-probs, and why it stopped."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+@dataclass
+class DecodeBatch:
+    """Live rows of a generation: their cache, lengths, and which request each one answers."""
+
+    cache: KVCache
+    lengths: torch.Tensor  # (B,) on device: tokens in each row's cache so far
+    host_lengths: list[int]  # the same on the host, so no step needs a device sync
+    requests: list[int]  # row -> index of the prompt it answers
+
+    def keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.lengths.device)
+        self.cache.keep(index)
+        self.lengths = self.lengths.index_select(0, index)
+        self.host_lengths = [self.host_lengths[r] for r in rows]
+        self.requests = [self.requests[r] for r in rows]
+
+
+class GenerationEngine:
+    """Greedy decoding for a batch of prompt embeddings over a `NativeDecoder`."""
+
+    def __init__(self, decoder: NativeDecoder, stop_ids: Sequence[int]) -> None:
+        self.decoder = decoder
+        self.stop_ids = frozenset(int(i) for i in stop_ids)
+
+    def prefill(
+        self, embeds: torch.Tensor, lengths: Sequence[int], max_new_tokens: int
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the packed prompts `(sum(lengths), hidden)`; return the batch and first logits."""
+        if embeds.shape[0] != sum(lengths) or not lengths or min(lengths) < 1:
+            raise ValueError(f"bad prompt lengths {list(lengths)} for {embeds.shape[0]} embeddings")
+        dec = self.decoder
+        longest = max(lengths)
+        if longest >= dec.max_positions:
+            raise ValueError(
+                f"prompt of {longest} tokens leaves no room in the model's "
+                f"{dec.max_positions} positions"
+            )
+        # Room for a first stretch of tokens; the cache grows in chunks if rows run longer.
+        capacity = longest + min(max_new_tokens, KVCache.GROW_BY)
+        cache = KVCache(
+            dec.num_layers,
+            len(lengths),
+            dec.num_kv_heads,
+            dec.head_dim,
+            capacity,
+            embeds.device,
+            embeds.dtype,
+        )
+        hidden = dec.prefill(embeds, list(lengths), cache)
+        batch = DecodeBatch(
+            cache=cache,
+            lengths=torch.tensor(list(lengths), device=embeds.device),
+            host_lengths=list(lengths),
+            requests=list(range(len(lengths))),
+        )
+        return batch, dec.logits(hidden)
+
+    def step(self, batch: DecodeBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per live row `(B,)`; return the next logits `(B, vocab)` float32."""
+        dec = self.decoder
+        key_len = max(batch.host_lengths) + 1
+        batch.cache.ensure(key_len)
+        positions = batch.lengths
+        mask = None
+        if min(batch.host_lengths) != key_len - 1:  # rows differ: hide slots past each row's end
+            slots = torch.arange(key_len, device=positions.device)
+            mask = (slots[None, :] <= positions[:, None])[:, None, None, :]
+        hidden = dec.decode(dec.embed(tokens), positions, batch.cache, key_len, mask)
+        batch.lengths = positions + 1
+        batch.host_lengths = [n + 1 for n in batch.host_lengths]
+        return dec.logits(hidden, dec.step_linear)
+
+    @staticmethod
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy choice and its natural-log probability, per row."""
+        tokens = torch.argmax(logits, dim=-1)
+        chosen = logits.gather(1, tokens[:, None])[:, 0]
+        return tokens, chosen - torch.logsumexp(logits, dim=-1)
+
+    def generate(
+        self,
+        embeds: torch.Tensor,
+        lengths: Sequence[int],
+        max_new_tokens: int,
+        repetition_guard: RepetitionGuard | None = None,
+    ) -> list[Generated]:
+        """Decode every prompt until its own stop; results in prompt order."""
+        results = [Generated() for _ in lengths]
+        if max_new_tokens <= 0:
+            for res in results:
+                res.stop_reason = STOP_MAX_TOKENS
+            return results
+        # Rows cannot run past the model's positions: that, too, ends at the token budget.
+        max_new_tokens = min(max_new_tokens, self.decoder.max_positions - max(lengths))
+        batch, logits = self.prefill(embeds, lengths, max_new_tokens)
+        tracker = (
+            _RepetitionTracker(repetition_guard, len(lengths), max_new_tokens)
+            if repetition_guard is not None
+            else None
+        )
+        for step in range(max_new_tokens):
+            tokens, logprobs = self.pick(logits)
+            # One device->host copy per step; ids < 2**24 are exact in float32.
+            host = torch.stack((tokens.to(torch.float32), logprobs)).cpu()
+            host_tokens = host[0].long()
+            ids, lps = host_tokens.tolist(), host[1].tolist()
+            cuts = tracker.update(step, host_tokens) if tracker else None
+            last = step == max_new_tokens - 1
+            keep = []
+            for row, (token, lp) in enumerate(zip(ids, lps, strict=True)):
+                res = results[batch.requests[row]]
+                if token in self.stop_ids:
+                    res.stop_reason = STOP_EOS
+                    continue
+                res.token_ids.append(token)
+                res.logprobs.append(lp)
+                if cuts and cuts[row]:
+                    del res.token_ids[-cuts[row] :]
+                    del res.logprobs[-cuts[row] :]
+                    res.stop_reason = STOP_REPETITION
+                elif last:
+                    res.stop_reason = STOP_MAX_TOKENS
+                else:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(ids):
+                batch.keep(keep)
+                index = torch.tensor(keep)
+                tokens = tokens.index_select(0, index.to(tokens.device))
+                if tracker:
+                    tracker.keep(index)
+            logits = self.step(batch, tokens)
+        return results

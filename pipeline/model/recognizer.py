@@ -1,0 +1,213 @@
+"""`Recognizer`: the object a device worker holds. Pages in, `Recognition`s out.
+
+It owns the loaded model on one device and wires processor -> vision encoder -> prompt
+embeddings -> generation engine -> text with per-token offsets and log-probs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pipeline.errors import BadArguments, CheckpointError
+from pipeline.model.attention import sdpa_backends
+from pipeline.model.checkpoint import checkpoint_checksum, load_model, locate
+from pipeline.model.config import DEFAULT_PROMPT, AnandaSkyConfig
+from pipeline.model.decoder import NativeDecoder
+from pipeline.model.devices import activate, dtype_name, inference, resolve_device, resolve_dtype
+from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard
+from pipeline.model.modeling import AnandaSkyModel
+from pipeline.model.processor import Processor
+from pipeline.model.reference import generate_with_transformers
+from pipeline.model.tokenizer import TextTokenizer
+from pipeline.records import Recognition
+
+IMPLEMENTATIONS = ("auto", "native", "remote")
+
+
+class Recognizer:
+    """One model on one device; `recognize` handles a batch of pages of any sizes."""
+
+    def __init__(
+        self,
+        model: AnandaSkyModel,
+        tokenizer: TextTokenizer,
+        model_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.config: AnandaSkyConfig = model.config
+        self.tokenizer = tokenizer
+        self.processor = Processor(self.config, tokenizer)
+        self.model_dir = model_dir
+        self.torch_device = device
+        self.torch_dtype = dtype
+        self.engine = GenerationEngine(
+            NativeDecoder(model.language_model), self.config.special_tokens.stop_ids
+        )
+
+    # ---- facts other stages read ------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return str(self.torch_device)
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self.torch_dtype)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.name
+
+    @functools.cached_property
+    def model_checksum(self) -> str:
+        """Hash of the weights folder; computed on first use (reading ~1 GB takes a moment)."""
+        return checkpoint_checksum(self.model_dir)
+
+    @functools.cached_property
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    @property
+    def max_image_pixels(self) -> int:
+        """Pages with more pixels are shrunk anyway; shrink them before they cross processes."""
+        return self.config.max_image_pixels
+
+    def image_token_count(self, width: int, height: int) -> int:
+        return self.processor.image_token_count(width, height)
+
+    # ---- recognition ------------------------------------------------------------------------
+
+    def _prompt_embeddings(
+        self, images: list[Image.Image], prompt: str
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Packed prompt embeddings of all pages `(T, hidden)` and each page's prompt length."""
+        pixels = self.processor.images(images)
+        ids: list[int] = []
+        lengths: list[int] = []
+        for count in pixels.token_counts:
+            row = self.processor.prompt_ids(count, prompt)
+            ids += row
+            lengths.append(len(row))
+        device = self.torch_device
+        patches = pixels.patches.to(device=device, dtype=self.torch_dtype)
+        image_embeds = self.model.encode_images(patches, pixels.grids)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+        return self.model.embed_prompt(input_ids, image_embeds), lengths
+
+    def _to_recognition(self, generated: Generated) -> Recognition:
+        text, ends = self.tokenizer.decode_with_ends(generated.token_ids)
+        return Recognition(
+            text=text,
+            token_logprobs=tuple(float(x) for x in generated.logprobs),
+            token_ends=ends,
+            stop_reason=generated.stop_reason,
+        )
+
+    def recognize(
+        self,
+        images: list[Image.Image],
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 2048,
+        repetition_guard: bool | RepetitionGuard = True,
+    ) -> list[Recognition]:
+        """Transcribe a batch of pages together; results in input order."""
+        if not images:
+            return []
+        guard = repetition_guard if isinstance(repetition_guard, RepetitionGuard) else None
+        if repetition_guard is True:
+            guard = RepetitionGuard()
+        with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
+            embeds, lengths = self._prompt_embeddings(images, prompt)
+            generated = self.engine.generate(embeds, lengths, max_new_tokens, guard)
+        return [self._to_recognition(g) for g in generated]
+
+    def recognize_with_transformers(
+        self,
+        images: list[Image.Image],
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 2048,
+    ) -> list[Recognition]:
+        """Baseline: transformers `generate()`, one page at a time (benchmarks, equality tests)."""
+        st = self.config.special_tokens
+        out = []
+        with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
+            for image in images:
+                embeds, _ = self._prompt_embeddings([image], prompt)
+                generated = generate_with_transformers(
+                    self.model.language_model,
+                    embeds,
+                    st.stop_ids,
+                    st.endoftext_id,
+                    max_new_tokens,
+                )
+                out.append(self._to_recognition(generated))
+        return out
+
+
+def load_recognizer(
+    model_dir: str | Path,
+    device: str = "auto",
+    dtype: str | None = None,
+    impl: str = "native",
+) -> Recognizer:
+    """Load a local weights folder onto one device. Never reaches for a model hub.
+
+    `impl`: native (this package's model), remote (the folder's own trust_remote_code model,
+    under the flash-attn compatibility layer), or auto (native when the tensors match the
+    native layout exactly, else remote).
+    """
+    if impl not in IMPLEMENTATIONS:
+        raise BadArguments(f"unknown --impl {impl!r}; use one of {', '.join(IMPLEMENTATIONS)}")
+    if impl == "auto":
+        from pipeline.compat.remote import choose_impl
+
+        impl = choose_impl(model_dir)
+    if impl == "remote":
+        from pipeline.compat.remote import load_remote_recognizer
+
+        return load_remote_recognizer(model_dir, device, dtype)
+    files = locate(model_dir)
+    config = AnandaSkyConfig.load(files.config)
+    tokenizer = TextTokenizer.from_file(files.tokenizer, config.special_tokens)
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise CheckpointError(
+            f"{files.tokenizer}: {tokenizer.vocab_size} tokens but the model embeds only "
+            f"text.vocab_size={config.text.vocab_size}"
+        )
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    activate(torch_device)
+    model = load_model(files.root, torch_device, torch_dtype, config=config)
+    return Recognizer(model, tokenizer, files.root, torch_device, torch_dtype)
+
+
+def transcribe(
+    image: str | Path | Image.Image,
+    model_dir: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    max_new_tokens: int = 2048,
+    repetition_guard: bool = True,
+) -> Recognition:
+    """One image, start to finish: for the single-image CLI command and quick checks."""
+    recognizer = load_recognizer(model_dir, device=device, dtype=dtype)
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                image = opened.copy()
+        except OSError as exc:  # includes PIL's UnidentifiedImageError
+            raise BadArguments(f"cannot read image {image}: {exc}") from exc
+    return recognizer.recognize(
+        [image], prompt=prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard
+    )[0]
