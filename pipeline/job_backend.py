@@ -1,0 +1,210 @@
+"""What a job backend is: the records it hands out and the interface the run coordinator uses.
+
+`pipeline.store.JobStore` implements it on SQLite; a Ray or remote backend would implement the
+same methods and return the same records.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class KnownDocument:
+    """What the store remembers about an input, so an unchanged file need not be hashed again."""
+
+    doc_id: int
+    relpath: str
+    path: str
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    page_count: int | None
+    state: str  # ok | failed
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class PageTask:
+    """One page to recognise; small and picklable so it can travel to loader processes."""
+
+    page_id: int
+    doc_id: int
+    relpath: str
+    path: str
+    page_index: int  # 0-based
+    page_count: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DonePage:
+    """A finished page, as `export` needs it."""
+
+    page_id: int
+    relpath: str
+    path: str
+    page_index: int
+    page_count: int
+    device: str | None
+    timings: dict
+    confidence: float | None
+    num_tokens: int | None
+    stop_reason: str | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    pages_done: int
+    infer_seconds: float
+
+
+@dataclass(frozen=True)
+class FailedDocument:
+    relpath: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailedPage:
+    relpath: str
+    page_number: int  # 1-based, as users count
+    error: str
+
+
+@dataclass
+class StoreSummary:
+    """Counts for `status`. Document states: pending (work left), done, some_pages_failed, failed."""
+
+    documents: dict[str, int]
+    pages: dict[str, int]
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+    failed_documents: list[FailedDocument] = field(default_factory=list)
+    failed_pages: list[FailedPage] = field(default_factory=list)
+
+    @property
+    def pages_total(self) -> int:
+        return sum(self.pages.values())
+
+    @property
+    def pages_remaining(self) -> int:
+        return self.pages["pending"] + self.pages["running"]
+
+    @property
+    def anything_failed(self) -> bool:
+        return bool(self.documents["failed"] or self.pages["failed"])
+
+    def totals(self) -> dict[str, int]:
+        """Flat counts: pages per state, plus `documents` and `failed_documents`."""
+        documents = sum(self.documents.values())
+        return {**self.pages, "documents": documents, "failed_documents": self.documents["failed"]}
+
+    def to_dict(self) -> dict:
+        """JSON-ready; undecodable file names are shown with backslash escapes."""
+        return {
+            "documents": dict(self.documents),
+            "pages": dict(self.pages),
+            "devices": {k: asdict(v) for k, v in self.devices.items()},
+            "failed_documents": [
+                {"relpath": printable(f.relpath), "reason": f.reason} for f in self.failed_documents
+            ],
+            "failed_pages": [
+                {"relpath": printable(f.relpath), "page": f.page_number, "error": f.error}
+                for f in self.failed_pages
+            ],
+        }
+
+
+def printable(name: str) -> str:
+    """A file name fit for logs and JSON: bytes that were not UTF-8 become `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class JobBackend(abc.ABC):
+    """What a run needs from a job store. Page ids are opaque integers chosen by the backend."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> None: ...
+
+    @abc.abstractmethod
+    def save_settings(self, settings: dict) -> None: ...
+
+    @abc.abstractmethod
+    def stored_settings(self) -> dict | None: ...
+
+    @abc.abstractmethod
+    def known_document(self, relpath: str) -> KnownDocument | None: ...
+
+    @abc.abstractmethod
+    def sync_document(
+        self,
+        *,
+        relpath: str,
+        path: str | os.PathLike,
+        sha256: str,
+        size: int,
+        mtime_ns: int,
+        kind: str,
+        format: str,
+        page_count: int,
+    ) -> int: ...
+
+    @abc.abstractmethod
+    def fail_document(
+        self,
+        *,
+        relpath: str,
+        path: str | os.PathLike,
+        reason: str,
+        sha256: str | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def pending_pages(self, limit: int | None = None) -> list[PageTask]: ...
+
+    @abc.abstractmethod
+    def mark_running(self, page_ids: Iterable[int], device: str) -> None: ...
+
+    @abc.abstractmethod
+    def mark_done(
+        self,
+        page_id: int,
+        *,
+        device: str,
+        timings: dict,
+        confidence: float | None,
+        num_tokens: int,
+        stop_reason: str,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def record_failure(
+        self, page_id: int, error: str, *, max_attempts: int, fatal: bool = False
+    ) -> str: ...
+
+    @abc.abstractmethod
+    def requeue(self, page_ids: Iterable[int]) -> None: ...
+
+    @abc.abstractmethod
+    def retry_failed_pages(self) -> int: ...
+
+    @abc.abstractmethod
+    def summary(self, *, max_failures: int | None = None) -> StoreSummary: ...
+
+    @abc.abstractmethod
+    def done_pages(self) -> Iterator[DonePage]: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
