@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from pipeline.errors import BadArguments, ExitCode
-from pipeline.store import JobStore, StoreSummary
+from pipeline.job_backend import StoreSummary
+from pipeline.store import JobStore
 
 _SHOWN_FAILURES = 50
 

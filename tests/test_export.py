@@ -25,9 +25,10 @@ from pipeline.errors import BadArguments, ExitCode
 from pipeline.export import export_collection
 from pipeline.export.mets import METS_NS, XLINK_NS
 from pipeline.export.page_xml import PAGE_NS
+from pipeline.job_backend import printable
 from pipeline.outputs import page_output_paths, write_page_outputs
 from pipeline.records import Recognition
-from pipeline.store import JobStore, printable
+from pipeline.store import JobStore
 
 ALL = ("txt", "alto", "mets", "page", "hocr")
 XHTML = "{http://www.w3.org/1999/xhtml}"

@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO
 
 from pipeline.errors import BadArguments, ConfigMismatch, ExitCode, OutputInUse
-from pipeline.store import JobBackend, JobStore
+from pipeline.job_backend import JobBackend
+from pipeline.store import JobStore
 
 FINGERPRINT = {
     "model_checksum": "sha256:aaaa",

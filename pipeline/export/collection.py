@@ -10,8 +10,9 @@ from operator import attrgetter
 from pathlib import Path
 
 from pipeline.errors import BadArguments
+from pipeline.job_backend import printable
 from pipeline.outputs import PAGES_DIR
-from pipeline.store import STATE_DIR, JobStore, printable
+from pipeline.store import STATE_DIR, JobStore
 
 from . import alto_pages, hocr, mets, page_xml, txt
 from .archive import archive_path, write_archive

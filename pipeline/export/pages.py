@@ -20,8 +20,8 @@ from pathlib import Path
 from lxml import etree
 
 from pipeline.alto import ALTO_NS
+from pipeline.job_backend import DonePage, KnownDocument
 from pipeline.outputs import PAGES_DIR, output_folder, page_output_paths
-from pipeline.store import DonePage, KnownDocument
 
 DONE, FAILED, PENDING, MISSING = "done", "failed", "pending", "missing"
 

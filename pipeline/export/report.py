@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.errors import ExitCode
-from pipeline.store import printable
+from pipeline.job_backend import printable
 
 from .options import ExportOptions
 from .pages import ExportDocument
