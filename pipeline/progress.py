@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -49,6 +50,19 @@ class DeviceStats:
 
 
 @dataclass
+class StageTimes:
+    """Seconds the coordinator saw each stage take, summed over this run's done pages.
+
+    Loading runs in loader processes ahead of the devices, so its sum overlaps model time; writing
+    outputs and store updates happen in the coordinator while the devices keep computing.
+    """
+
+    load_s: float = 0.0
+    write_s: float = 0.0
+    store_s: float = 0.0
+
+
+@dataclass
 class RunProgress:
     """Counts for this invocation (the store holds the totals across invocations)."""
 
@@ -89,7 +103,9 @@ class RunProgress:
         if self.bar is not None:
             self.bar.close()
 
-    def summary_lines(self, wall_s: float, totals: dict) -> list[str]:
+    def summary_lines(
+        self, wall_s: float, totals: dict, stages: StageTimes | None = None
+    ) -> list[str]:
         rate = self.done / wall_s if wall_s > 0 else 0.0
         lines = [
             f"this run: {self.done} pages done, {self.failed} failed in {wall_s:.1f} s "
@@ -105,4 +121,37 @@ class RunProgress:
                 f"{busy:.0%} busy, model load {stats.load_s:.1f} s"
                 + (f", {stats.restarts} restarts" if stats.restarts else "")
             )
+        if stages is not None and self.done:
+            model_s = sum(stats.busy_s for stats in self.devices.values())
+            lines.append(
+                f"  stages: model {model_s:.1f} s on the devices; page loading {stages.load_s:.1f} s "
+                f"(loader processes, ahead of the devices); writing outputs {stages.write_s:.1f} s; "
+                f"job store {stages.store_s:.1f} s"
+            )
         return lines
+
+    def to_dict(self, wall_s: float, stages: StageTimes) -> dict:
+        devices = {}
+        for label, stats in sorted(self.devices.items()):
+            window = stats.busy_s + stats.idle_s
+            devices[label] = {
+                **asdict(stats),
+                "busy_fraction": round(stats.busy_s / window, 4) if window else None,
+            }
+        return {
+            "wall_s": round(wall_s, 3),
+            "pages_done": self.done,
+            "pages_failed": self.failed,
+            "devices": devices,
+            "stages": asdict(stages),
+        }
+
+
+def write_run_summary(
+    out_dir: Path, progress: RunProgress, stages: StageTimes, wall_s: float, totals: dict
+) -> None:
+    """`OUT/run-summary.json`: the last invocation's figures, for scripts and benchmarks."""
+    from pipeline.outputs import write_atomic
+
+    summary = {"this_run": progress.to_dict(wall_s, stages), "collection": totals}
+    write_atomic(out_dir / "run-summary.json", (json.dumps(summary, indent=2) + "\n").encode())

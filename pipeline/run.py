@@ -23,7 +23,7 @@ from pipeline.alto import PageMeta, page_confidence
 from pipeline.batching import ReadyPage, ReadyPages
 from pipeline.child_process import prepare_child_process
 from pipeline.device_plan import WorkerSlot, plan_workers
-from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
+from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, ExitCode
 from pipeline.ingest import DocumentInfo, discover
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.config import AnandaSkyConfig
@@ -33,11 +33,18 @@ from pipeline.outputs import (
     write_page_outputs,
 )
 from pipeline.page_loader import LoadFailure, load_page_image, probe
-from pipeline.progress import RunProgress, close_run_log, log, setup_run_log
+from pipeline.progress import (
+    RunProgress,
+    StageTimes,
+    close_run_log,
+    log,
+    setup_run_log,
+    write_run_summary,
+)
 from pipeline.rasterize import require_poppler
 from pipeline.records import Recognition
 from pipeline.settings import RunSettings
-from pipeline.store import JobStore
+from pipeline.store import STATE_DIR, JobStore
 from pipeline.workers import (
     BatchDone,
     BatchFailed,
@@ -55,16 +62,18 @@ _POLL_S = 0.05
 def _image_pixel_budget(model_dir: str, impl: str) -> int | None:
     """Pages travel between processes no larger than the model will look at.
 
-    Only the native config states that size; a remote-code model's own processor resizes, so
-    its pages travel as rendered.
+    Only a native config states that size (read without importing torch: a resumed run with
+    nothing to do must stay quick); a remote-code model's own processor resizes, so its pages
+    travel as rendered. The worker checks the tensors themselves when it loads them.
     """
-    if impl != "native":
-        from pipeline.compat.remote import choose_impl
-
-        impl = choose_impl(model_dir)
-    if impl == "native":
+    if impl == "remote":
+        return None
+    try:
         return AnandaSkyConfig.load(Path(model_dir) / "config.json").max_image_pixels
-    return None
+    except CheckpointError:
+        if impl == "native":
+            raise
+        return None
 
 
 def run_collection(settings: RunSettings) -> ExitCode:
@@ -75,7 +84,9 @@ def run_collection(settings: RunSettings) -> ExitCode:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_checksum = checkpoint_checksum(settings.model_dir)
+    model_checksum = checkpoint_checksum(
+        settings.model_dir, cache_file=out_dir / STATE_DIR / "model-checksum.json"
+    )
     prompt = settings.prompt or DEFAULT_PROMPT
     slots = plan_workers(settings.device, settings.devices, settings.workers)
     if settings.rasterizer == "poppler":
@@ -114,6 +125,7 @@ class Coordinator:
         self.stopping = False
         self.aborting = False
         self.fatal: AnandaSkyError | None = None
+        self.progress_stages = StageTimes()
 
     # -- documents -------------------------------------------------------------------------
 
@@ -343,10 +355,11 @@ class Coordinator:
             meta,
             formats=self.settings.formats,
         )
+        written = time.perf_counter()
         timings = {
             "load_s": round(page.load_s, 4),
             "infer_s": round(infer_s, 4),
-            "write_s": round(time.perf_counter() - started, 4),
+            "write_s": round(written - started, 4),
             "batch_size": batch,
         }
         self.store.mark_done(
@@ -357,6 +370,10 @@ class Coordinator:
             num_tokens=recognition.num_tokens,
             stop_reason=recognition.stop_reason,
         )
+        stages = self.progress_stages
+        stages.load_s += page.load_s
+        stages.write_s += written - started
+        stages.store_s += time.perf_counter() - written
         if recognition.stop_reason == "repetition":
             log.info("%s page %d: stopped a repetition loop", task.relpath, task.page_index + 1)
 
@@ -463,12 +480,13 @@ class Coordinator:
     def _finish(self, progress: RunProgress | None, wall_s: float) -> ExitCode:
         summary = self.store.summary()
         totals = summary.totals()
-        if progress is not None and not self.settings.quiet:
-            for line in progress.summary_lines(wall_s, totals):
-                print(line)
         if progress is not None:
-            for line in progress.summary_lines(wall_s, totals):
+            lines = progress.summary_lines(wall_s, totals, self.progress_stages)
+            if not self.settings.quiet:
+                print("\n".join(lines))
+            for line in lines:
                 log.info(line)
+            write_run_summary(self.out_dir, progress, self.progress_stages, wall_s, totals)
         if self.stopping:
             return ExitCode.INTERRUPTED
         if totals.get("failed", 0) or totals.get("failed_documents", 0):

@@ -195,3 +195,29 @@ def test_loading_casts_to_the_requested_dtype_and_keeps_rope_in_float32(
     assert model.vision.patch_embed.weight.dtype == torch.bfloat16
     assert model.language_model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.language_model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_checksum_cache_is_reused_until_a_weight_file_changes(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    from pipeline.model.checkpoint import checkpoint_checksum
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cache = tmp_path / "state" / "model-checksum.json"
+    first = checkpoint_checksum(model, cache_file=cache)
+    assert first == checkpoint_checksum(model) and cache.is_file()
+    # A cached digest is returned without reading the files: prove it by planting one.
+    planted = cache.read_text().replace(first, "0" * 64)
+    cache.write_text(planted)
+    assert checkpoint_checksum(model, cache_file=cache) == "0" * 64
+    # Rewriting a file changes its mtime (and here its bytes): the cache no longer applies.
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    changed = checkpoint_checksum(model, cache_file=cache)
+    assert changed not in (first, "0" * 64)
+    assert changed == checkpoint_checksum(model)

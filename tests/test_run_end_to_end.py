@@ -171,7 +171,13 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     )
     assert sorted(label for label, _, _ in ready_lines) == ["cpu:0", "cpu:1"]
     assert len({pid for _, _, pid in ready_lines}) == 2
-    assert "pages done" in result.stdout
+    assert "pages done" in result.stdout and "stages: model" in result.stdout
+    summary = json.loads((out / "run-summary.json").read_text())
+    this_run = summary["this_run"]
+    assert this_run["pages_done"] == sum(GOOD_PAGES.values())
+    assert {label: d["pages"] for label, d in this_run["devices"].items()} == per_device
+    assert all(0 < d["busy_fraction"] <= 1 for d in this_run["devices"].values())
+    assert summary["collection"]["done"] == sum(GOOD_PAGES.values())
 
 
 def test_rerun_of_a_finished_run_recomputes_nothing(tmp_path, good_input, tiny_model_dir):

@@ -98,19 +98,40 @@ def read_config(model_dir: str | Path) -> AnandaSkyConfig:
     return AnandaSkyConfig.load(locate(model_dir).config)
 
 
-def checkpoint_checksum(model_dir: str | Path) -> str:
+def checkpoint_checksum(model_dir: str | Path, cache_file: str | Path | None = None) -> str:
     """sha256 over config, tokenizer and weight files (name, size, bytes), streamed.
 
     The tokenizer is included: it changes the text a run writes as surely as the weights do.
+    Hashing a real checkpoint reads ~1.2 GB; with `cache_file`, a digest is reused while every
+    file keeps its size, mtime and inode (what a rewrite or replacement of a file changes).
     """
     files = locate(model_dir)
+    stamp = [
+        [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino]
+        for path in files.hashed
+        for st in [path.stat()]
+    ]
+    if cache_file is not None:
+        try:
+            cached = json.loads(Path(cache_file).read_text(encoding="utf-8"))
+            if cached.get("files") == stamp:
+                return str(cached["sha256"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
     digest = hashlib.sha256()
     for path in files.hashed:
         digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
-    return digest.hexdigest()
+    checksum = digest.hexdigest()
+    if cache_file is not None:
+        cache_file = Path(cache_file)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache_file.with_name(f".tmp-{cache_file.name}")
+        temp.write_text(json.dumps({"files": stamp, "sha256": checksum}), encoding="utf-8")
+        temp.replace(cache_file)
+    return checksum
 
 
 def _names(items: Iterable[str]) -> str:
