@@ -47,6 +47,19 @@ _limit_users = 0
 _saved_limit: int | None = None
 
 
+def open_error(err: OSError) -> DocumentError:
+    """The one-line reason for an input file that cannot be opened."""
+    if isinstance(err, FileNotFoundError):
+        return DocumentError(
+            "file not found", "it was moved or deleted (or is a broken link); run again"
+        )
+    if isinstance(err, IsADirectoryError):
+        return DocumentError("not a file", "it is a folder; pass the files inside it")
+    return DocumentError(
+        "unreadable file", f"{err.strerror or err}; check its permissions and run again"
+    )
+
+
 @contextmanager
 def _own_pixel_limit() -> Iterator[None]:
     global _limit_users, _saved_limit
@@ -76,14 +89,8 @@ def _open(path: Path, fmt: str) -> Iterator[Image.ImageFile.ImageFile]:
     """
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed by `with file` below
-    except FileNotFoundError as err:
-        raise DocumentError(
-            "file not found", "it was moved or deleted after it was found; run again"
-        ) from err
     except OSError as err:
-        raise DocumentError(
-            "unreadable file", f"{err.strerror or err}; check its permissions and run again"
-        ) from err
+        raise open_error(err) from err
     with file, _own_pixel_limit():
         try:
             image = Image.open(file, formats=[fmt])

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import BadArguments, DocumentError
-from pipeline.images import count_image_pages, load_image_page
+from pipeline.images import count_image_pages, load_image_page, open_error
 from pipeline.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _read_identity(path: Path) -> tuple[str, str, int]:
                 digest.update(chunk)
                 size += len(chunk)
     except OSError as err:
-        raise _open_error(err) from err
+        raise open_error(err) from err
     return fmt, digest.hexdigest(), size
 
 
@@ -203,7 +203,7 @@ def _sniff(path: Path) -> str:
         with open(path, "rb") as f:
             return _format_of(path, f.read(_PDF_HEADER_WINDOW))
     except OSError as err:
-        raise _open_error(err) from err
+        raise open_error(err) from err
 
 
 def _format_of(path: Path, head: bytes) -> str:
@@ -219,18 +219,6 @@ def _format_of(path: Path, head: bytes) -> str:
             "convert it to one of them or remove it",
         )
     return fmt
-
-
-def _open_error(err: OSError) -> DocumentError:
-    if isinstance(err, FileNotFoundError):
-        return DocumentError(
-            "file not found", "it was moved or deleted (or is a broken link); run again"
-        )
-    if isinstance(err, IsADirectoryError):
-        return DocumentError("not a file", "it is a folder; pass the files inside it")
-    return DocumentError(
-        "unreadable file", f"{err.strerror or err}; check its permissions and run again"
-    )
 
 
 def probe_document(path: Path, settings: IngestSettings) -> DocumentInfo:

@@ -23,7 +23,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from pipeline.errors import DocumentError, MissingDependency, PageError
-from pipeline.images import shrink_to
+from pipeline.images import open_error, shrink_to
 
 RASTERIZERS = ("pdfium", "poppler")
 POINTS_PER_INCH = 72.0
@@ -71,14 +71,8 @@ def _open_pdf(path: Path, password: str | None) -> Iterator[tuple[pdfium.PdfDocu
 def _load(path: Path, password: str | None) -> pdfium.PdfDocument:
     try:
         return pdfium.PdfDocument(str(path), password=password)
-    except FileNotFoundError as err:
-        raise DocumentError(
-            "file not found", "it was moved or deleted after it was found; run again"
-        ) from err
     except OSError as err:
-        raise DocumentError(
-            "unreadable file", f"{err.strerror or err}; check its permissions and run again"
-        ) from err
+        raise open_error(err) from err
 
 
 def _load_error(path: Path, err: pdfium.PdfiumError, password: str | None) -> DocumentError:

@@ -36,6 +36,11 @@ GOOD_PAGES = {  # relpath under the input folder -> page count
 RUN_OPTIONS = ["--device", "cpu", "--max-new-tokens", "12", "--dpi", "100", "--batch-size", "4"]
 
 
+def run_args(inputs, out, model, *extra: str) -> list[str]:
+    """`run INPUTS --out OUT --model MODEL` with the test options; later options win."""
+    return ["run", str(inputs), "--out", str(out), "--model", str(model), *RUN_OPTIONS, *extra]
+
+
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
@@ -122,18 +127,7 @@ def good_input(tmp_path_factory, testdata) -> Path:
 def reference_run(tmp_path_factory, good_input, tiny_model_dir) -> dict[str, bytes]:
     """One uninterrupted run: what every interrupted-and-resumed run must end up equal to."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    result = cli(
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--workers",
-        "2",
-        "--quiet",
-        *RUN_OPTIONS,
-    )
+    result = cli(*run_args(good_input, out, tiny_model_dir, "--workers", "2", "--quiet"))
     assert result.returncode == ExitCode.OK, result.stderr
     return assert_complete_outputs(out, GOOD_PAGES)
 
@@ -148,17 +142,7 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    result = cli(
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--workers",
-        "2",
-        *RUN_OPTIONS,
-    )
+    result = cli(*run_args(good_input, out, tiny_model_dir, "--workers", "2"))
     assert result.returncode == ExitCode.OK, result.stderr
     assert_complete_outputs(out, GOOD_PAGES)
     status = json.loads(cli("status", str(out), "--json").stdout)
@@ -182,16 +166,7 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
 
 def test_rerun_of_a_finished_run_recomputes_nothing(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        *RUN_OPTIONS,
-    ]
+    args = run_args(good_input, out, tiny_model_dir, "--quiet")
     assert cli(*args).returncode == ExitCode.OK
     before = {p: p.stat().st_mtime_ns for p in (out / "pages").rglob("*") if p.is_file()}
     assert cli(*args).returncode == ExitCode.OK
@@ -204,18 +179,7 @@ def test_resume_after_kill_9_of_the_whole_run_equals_an_uninterrupted_run(
     tmp_path, good_input, tiny_model_dir, reference_run, kill_after_pages
 ):
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--workers",
-        "2",
-        "--quiet",
-        *RUN_OPTIONS,
-    ]
+    args = run_args(good_input, out, tiny_model_dir, "--workers", "2", "--quiet")
     process = start_cli(*args)
     if kill_after_pages:
         wait_for_done(out, process, kill_after_pages)
@@ -237,18 +201,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    process = start_cli(
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--workers",
-        "2",
-        "--quiet",
-        *RUN_OPTIONS,
-    )
+    process = start_cli(*run_args(good_input, out, tiny_model_dir, "--workers", "2", "--quiet"))
     wait_for_done(out, process, 2)
     log = (out / "run.log").read_text()
     victim = int(re.findall(r"worker cpu:0 ready on \S+ \(pid (\d+)", log)[0])
@@ -261,16 +214,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
 
 def test_second_run_on_an_output_folder_in_use_is_refused(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        *RUN_OPTIONS,
-    ]
+    args = run_args(good_input, out, tiny_model_dir, "--quiet")
     first = start_cli(*args)
     wait_for_done(out, first, 1)
     second = cli(*args)
@@ -287,16 +231,7 @@ def test_changed_settings_are_refused_until_new_config_is_asked_for(
     single = tmp_path / "one"
     single.mkdir()
     shutil.copy(good_input / "vertical/jp_vert.jpg", single / "jp_vert.jpg")
-    base = [
-        "run",
-        str(single),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        *RUN_OPTIONS,
-    ]
+    base = run_args(single, out, tiny_model_dir, "--quiet")
     assert cli(*base).returncode == ExitCode.OK
     changed = cli(*base, "--prompt", "Transcribe this page.")
     assert changed.returncode == ExitCode.BAD_ARGUMENTS
@@ -308,18 +243,7 @@ def test_ctrl_c_stops_gracefully_with_130_and_the_rerun_completes(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        "--batch-size",
-        "1",
-        *RUN_OPTIONS[:-2],
-    ]
+    args = run_args(good_input, out, tiny_model_dir, "--quiet", "--batch-size", "1")
     process = start_cli(*args)
     wait_for_done(out, process, 1)
     os.killpg(process.pid, signal.SIGINT)
@@ -341,18 +265,7 @@ def test_malformed_files_fail_with_reasons_and_every_readable_page_is_done(
     os.symlink(testdata / "malformed", inputs / "malformed")
     out = tmp_path / "out"
     result = cli(
-        "run",
-        str(inputs),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--workers",
-        "2",
-        "--quiet",
-        "--pdf-password",
-        "623",
-        *RUN_OPTIONS,
+        *run_args(inputs, out, tiny_model_dir, "--workers", "2", "--quiet", "--pdf-password", "623")
     )
     assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
     status = json.loads(cli("status", str(out), "--json").stdout)
@@ -390,16 +303,7 @@ def test_a_changed_input_file_is_redone_and_the_others_are_not(tmp_path, testdat
     shutil.copy(testdata / "pages/vertical/jp_vert.jpg", inputs / "a.jpg")
     shutil.copy(testdata / "pages/handwriting/btv1b84473026_f10.jpg", inputs / "b.jpg")
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(inputs),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        *RUN_OPTIONS,
-    ]
+    args = run_args(inputs, out, tiny_model_dir, "--quiet")
     assert cli(*args).returncode == ExitCode.OK
     untouched = (out / "pages/b.jpg/0001.txt").stat().st_mtime_ns
     # The same name, new content: a 3-page TIFF replaces a 1-page JPEG.
@@ -412,18 +316,7 @@ def test_a_changed_input_file_is_redone_and_the_others_are_not(tmp_path, testdat
 
 def test_resume_reruns_with_the_stored_settings(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(good_input),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--quiet",
-        "--formats",
-        "txt",
-        *RUN_OPTIONS,
-    ]
+    args = run_args(good_input, out, tiny_model_dir, "--quiet", "--formats", "txt")
     process = start_cli(*args)
     wait_for_done(out, process, 2)
     os.killpg(process.pid, signal.SIGKILL)

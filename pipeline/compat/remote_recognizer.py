@@ -28,7 +28,13 @@ from pipeline.errors import CheckpointError
 from pipeline.model.checkpoint import CheckpointFiles
 from pipeline.model.config import DEFAULT_PROMPT, SpecialTokens
 from pipeline.model.devices import dtype_name
-from pipeline.model.generation import STOP_EOS, STOP_MAX_TOKENS, STOP_REPETITION, RepetitionGuard
+from pipeline.model.generation import (
+    STOP_EOS,
+    STOP_MAX_TOKENS,
+    STOP_REPETITION,
+    RepetitionGuard,
+    resolve_guard,
+)
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
@@ -216,9 +222,7 @@ class RemoteRecognizer:
         """Transcribe a batch of pages with the folder's own generate loop; input order kept."""
         if not images:
             return []
-        guard = repetition_guard if isinstance(repetition_guard, RepetitionGuard) else None
-        if repetition_guard is True:
-            guard = RepetitionGuard()
+        guard = resolve_guard(repetition_guard)
         out = []
         for ids, logprobs, reason in self.generate_ids(images, prompt, max_new_tokens):
             keep = repetition_cut(ids, guard) if guard else None

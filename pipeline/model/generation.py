@@ -46,6 +46,13 @@ class RepetitionGuard:
         return span - periods
 
 
+def resolve_guard(setting: bool | RepetitionGuard | None) -> RepetitionGuard | None:
+    """`recognize(repetition_guard=...)`: True is the default guard, False/None none."""
+    if isinstance(setting, RepetitionGuard):
+        return setting
+    return RepetitionGuard() if setting else None
+
+
 class _RepetitionTracker:
     """Run lengths of `tok[t] == tok[t-p]` for every live row and period, kept on the CPU."""
 

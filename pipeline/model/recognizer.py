@@ -18,7 +18,7 @@ from pipeline.model.checkpoint import checkpoint_checksum, load_model, locate
 from pipeline.model.config import DEFAULT_PROMPT, AnandaSkyConfig
 from pipeline.model.decoder import NativeDecoder
 from pipeline.model.devices import activate, dtype_name, inference, resolve_device, resolve_dtype
-from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard
+from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard, resolve_guard
 from pipeline.model.modeling import AnandaSkyModel
 from pipeline.model.processor import Processor
 from pipeline.model.reference import generate_with_transformers
@@ -120,9 +120,7 @@ class Recognizer:
         """Transcribe a batch of pages together; results in input order."""
         if not images:
             return []
-        guard = repetition_guard if isinstance(repetition_guard, RepetitionGuard) else None
-        if repetition_guard is True:
-            guard = RepetitionGuard()
+        guard = resolve_guard(repetition_guard)
         with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
             embeds, lengths = self._prompt_embeddings(images, prompt)
             generated = self.engine.generate(embeds, lengths, max_new_tokens, guard)
