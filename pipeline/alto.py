@@ -230,7 +230,7 @@ def page_confidence(rec: Recognition) -> float | None:
 # ---- writing ----------------------------------------------------------------------------
 
 
-def _meta_text(value: str) -> str:
+def xml_safe_text(value: str) -> str:
     """Metadata may carry undecodable file-name bytes; show them as U+FFFD, drop the rest."""
     value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return _XML_ILLEGAL.sub("", value)
@@ -246,17 +246,17 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
 def _description(root: etree._Element, meta: PageMeta) -> None:
     desc = _sub(root, "Description")
     _sub(desc, "MeasurementUnit", "pixel")
-    _sub(_sub(desc, "sourceImageInformation"), "fileName", _meta_text(meta.source_filename))
+    _sub(_sub(desc, "sourceImageInformation"), "fileName", xml_safe_text(meta.source_filename))
     step = _sub(desc, "Processing", ID="proc1")
     _sub(step, "processingCategory", "contentGeneration")
     if meta.processing_datetime is not None:
         _sub(step, "processingDateTime", meta.processing_datetime.isoformat(timespec="seconds"))
     settings = {"model": meta.model_name, "model_checksum": meta.model_checksum}
     settings["prompt"] = meta.prompt
-    _sub(step, "processingStepSettings", _meta_text(json.dumps(settings, ensure_ascii=False)))
+    _sub(step, "processingStepSettings", xml_safe_text(json.dumps(settings, ensure_ascii=False)))
     software = _sub(step, "processingSoftware")
     _sub(software, "softwareName", SOFTWARE_NAME)
-    _sub(software, "softwareVersion", _meta_text(meta.software_version))
+    _sub(software, "softwareVersion", xml_safe_text(meta.software_version))
 
 
 def build_alto(rec: Recognition, meta: PageMeta) -> bytes:

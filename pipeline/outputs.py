@@ -84,7 +84,7 @@ def page_output_paths(
     return paths
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -103,7 +103,7 @@ def _make_dirs(folder: Path) -> None:
         if not folder.is_dir():
             raise
         return
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -124,7 +124,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_stale_temp_files(out_dir: Path, relpath: str | None = None) -> int:
@@ -153,7 +153,7 @@ def remove_document_outputs(out_dir: Path, relpath: str) -> bool:
     if not folder.is_dir() or folder.is_symlink():
         return False
     shutil.rmtree(folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     return True
 
 

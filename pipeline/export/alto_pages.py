@@ -12,7 +12,7 @@ from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.alto import ALTO_NS, SCHEMA_LOCATION, XSI_NS
-from pipeline.alto import _meta_text as xml_text
+from pipeline.alto import xml_safe_text as xml_text
 
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage

@@ -30,7 +30,7 @@ from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.alto import XSI_NS
-from pipeline.alto import _meta_text as xml_text
+from pipeline.alto import xml_safe_text as xml_text
 
 from . import alto_pages, hocr, page_xml, txt
 from .options import ExportOptions
