@@ -47,6 +47,13 @@ _limit_users = 0
 _saved_limit: int | None = None
 
 
+# `Image.info` key of a loaded page: its (width, height) at full resolution (the file's pixels,
+# or the PDF at the requested DPI) before any shrinking to the model's budget. It travels with
+# the image between processes, and ALTO's Page WIDTH/HEIGHT report it.
+PAGE_SIZE_KEY = "anandasky_page_size"
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
 def open_error(err: OSError) -> DocumentError:
     """The one-line reason for an input file that cannot be opened."""
     if isinstance(err, FileNotFoundError):
@@ -181,6 +188,7 @@ def load_image_page(
         try:
             image.seek(frames[page_index])
             _check_pixels(image.size, pixel_limit, kind)
+            full_size = image.size
             if max_pixels is not None:
                 _decode_smaller(image, max_pixels)
             image.load()
@@ -190,9 +198,15 @@ def load_image_page(
             raise
         except Exception as err:
             raise _decode_error(err, fmt, kind) from err
+    if page.size != full_size and page.size[::-1] == full_size:
+        full_size = page.size  # Pillow turned a TIFF upright while loading
     for op in _ORIENTATION_OPS.get(orientation, ()):
         page = page.transpose(op)
-    return shrink_to(page, max_pixels)
+    if orientation in _QUARTER_TURNS:
+        full_size = full_size[::-1]
+    page = shrink_to(page, max_pixels)
+    page.info[PAGE_SIZE_KEY] = full_size
+    return page
 
 
 def _orientation(image: Image.Image) -> int:

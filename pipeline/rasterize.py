@@ -23,7 +23,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from pipeline.errors import DocumentError, MissingDependency, PageError
-from pipeline.images import open_error, shrink_to
+from pipeline.images import PAGE_SIZE_KEY, open_error, shrink_to
 
 RASTERIZERS = ("pdfium", "poppler")
 POINTS_PER_INCH = 72.0
@@ -184,7 +184,9 @@ def render_pdf_page(
     if image.mode != "RGB":
         image = image.convert("RGB")
     # The engines round page edges differently; a pixel row or column too many is shaved here.
-    return shrink_to(image, pixel_limit)
+    page = shrink_to(image, pixel_limit)
+    page.info[PAGE_SIZE_KEY] = (round(width_pt * dpi / 72), round(height_pt * dpi / 72))
+    return page
 
 
 def fit_dpi(width_pt: float, height_pt: float, dpi: float, pixel_limit: int) -> float:

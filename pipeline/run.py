@@ -24,6 +24,7 @@ from pipeline.batching import ReadyPage, ReadyPages
 from pipeline.child_process import prepare_child_process
 from pipeline.device_plan import WorkerSlot, plan_workers
 from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, ExitCode
+from pipeline.images import PAGE_SIZE_KEY
 from pipeline.ingest import DocumentInfo, discover
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.config import AnandaSkyConfig
@@ -336,11 +337,14 @@ class Coordinator:
     def _record_page(self, page: ReadyPage, recognition: Recognition, device, infer_s, batch):
         task = page.task
         started = time.perf_counter()
+        # The page at full resolution (the file's pixels, or the PDF at --dpi), not the copy
+        # shrunk to the model's budget.
+        width, height = page.image.info.get(PAGE_SIZE_KEY, page.image.size)
         meta = PageMeta(
             source_filename=task.relpath,
             page_number=task.page_index + 1,
-            width=page.image.width,
-            height=page.image.height,
+            width=width,
+            height=height,
             model_name=self.model_name,
             model_checksum=self.model_checksum,
             prompt=self.prompt,

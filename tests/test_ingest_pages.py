@@ -153,3 +153,21 @@ def test_pdf_with_a_non_utf8_name_renders(pages: Path, tmp_path: Path, rasterize
     settings = IngestSettings(dpi=30, rasterizer=rasterizer)
     assert probe_document(path, settings).page_count == 3
     assert load_page(path, 2, settings).size == (255, 335)
+
+
+def test_loaded_pages_carry_their_full_resolution_size_when_shrunk(testdata: Path) -> None:
+    from pipeline.images import PAGE_SIZE_KEY
+
+    pdf = testdata / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
+    full = load_page(pdf, 0, IngestSettings(dpi=100))
+    small = load_page(pdf, 0, IngestSettings(dpi=100), max_pixels=40_000)
+    assert small.width * small.height <= 40_000 < full.width * full.height
+    assert abs(small.info[PAGE_SIZE_KEY][0] - full.width) <= 1
+    assert abs(small.info[PAGE_SIZE_KEY][1] - full.height) <= 1
+
+    turned = testdata / "malformed/exif_orientation_6.jpg"
+    upright = load_page(turned, 0, IngestSettings())
+    shrunk = load_page(turned, 0, IngestSettings(), max_pixels=upright.width * upright.height // 16)
+    assert upright.info[PAGE_SIZE_KEY] == upright.size
+    assert shrunk.info[PAGE_SIZE_KEY] == upright.size
+    assert (shrunk.width > shrunk.height) == (upright.width > upright.height)

@@ -162,6 +162,13 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     assert {label: d["pages"] for label, d in this_run["devices"].items()} == per_device
     assert all(0 < d["busy_fraction"] <= 1 for d in this_run["devices"].values())
     assert summary["collection"]["done"] == sum(GOOD_PAGES.values())
+    # ALTO describes the page at full resolution, not the copy shrunk for the model.
+    from lxml import etree
+    from PIL import Image
+
+    page = etree.parse(str(out / "pages/vertical/jp_vert.jpg/0001.alto.xml")).find(".//{*}Page")
+    with Image.open(good_input / "vertical/jp_vert.jpg") as scan:
+        assert (int(page.get("WIDTH")), int(page.get("HEIGHT"))) == scan.size
 
 
 def test_rerun_of_a_finished_run_recomputes_nothing(tmp_path, good_input, tiny_model_dir):
