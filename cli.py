@@ -121,8 +121,12 @@ def run(
     ] = 3,
     formats: Annotated[str, typer.Option(help="Comma-separated outputs: alto,txt.")] = "alto,txt",
     loaders: Annotated[
-        int, typer.Option(help="CPU processes that rasterize and decode pages.")
-    ] = 1,
+        int,
+        typer.Option(
+            help="CPU processes that rasterize and decode pages ahead of the devices "
+            "(0: one per 8 cores, 1 to 8)."
+        ),
+    ] = 0,
     new_config: Annotated[
         bool, typer.Option(help="Redo everything in OUT under new settings.")
     ] = False,

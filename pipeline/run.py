@@ -217,7 +217,7 @@ class Coordinator:
         settings = self.settings
         loading: dict[Future, object] = {}
         ready = ReadyPages()
-        prefetch = settings.batch_size * len(workers) * 2 + settings.loaders
+        prefetch = settings.batch_size * len(workers) * 2 + settings.loader_processes
         self._next_batch = 0
         while not self.aborting and self.fatal is None:
             if not self.stopping:
@@ -432,7 +432,7 @@ class Coordinator:
         cpu_slots = sum(slot.device_type == "cpu" for slot in self.slots)
         threads = None
         if cpu_slots:
-            threads = max(1, (mp.cpu_count() - self.settings.loaders) // cpu_slots) or 1
+            threads = max(1, (mp.cpu_count() - self.settings.loader_processes) // cpu_slots)
         return WorkerOptions(
             model_dir=str(Path(self.settings.model_dir).resolve()),
             dtype=self.settings.dtype,
@@ -452,7 +452,7 @@ class Coordinator:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.settings.loaders,
+            max_workers=self.settings.loader_processes,
             mp_context=self.ctx,
             initializer=prepare_child_process,
         )

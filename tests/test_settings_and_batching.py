@@ -1,0 +1,84 @@
+"""Run settings (what is stored, what is fingerprinted) and how batches are cut."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from pipeline.batching import ReadyPage, ReadyPages
+from pipeline.errors import BadArguments
+from pipeline.settings import RunSettings
+
+
+def settings(**overrides) -> RunSettings:
+    return RunSettings(inputs=("scans",), out_dir="out", model_dir="weights/m", **overrides)
+
+
+def test_fingerprint_holds_what_changes_the_text_and_nothing_else():
+    base = settings().fingerprint("abc", "Recognize the text in this image.")
+    assert base == settings(workers=4, batch_size=2, device="cpu", loaders=3).fingerprint(
+        "abc", "Recognize the text in this image."
+    )
+    assert base != settings(dpi=200).fingerprint("abc", "Recognize the text in this image.")
+    assert base != settings(rasterizer="poppler").fingerprint(
+        "abc", "Recognize the text in this image."
+    )
+    assert base != settings(max_new_tokens=10).fingerprint(
+        "abc", "Recognize the text in this image."
+    )
+    assert base != settings().fingerprint("abd", "Recognize the text in this image.")
+
+
+def test_stored_settings_never_hold_the_pdf_password_and_round_trip():
+    original = settings(pdf_password="secret", formats=("txt",), quiet=True)
+    stored = original.to_stored()
+    assert "pdf_password" not in stored and "secret" not in repr(stored)
+    again = RunSettings.from_stored(stored, pdf_password="secret", workers=3)
+    assert again.pdf_password == "secret" and again.workers == 3
+    assert again.formats == ("txt",) and again.inputs == ("scans",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"formats": ("pdf",)}, "--formats"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"rasterizer": "ghostscript"}, "--rasterizer"),
+        ({"loaders": -1}, "--loaders"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_option(overrides, message):
+    with pytest.raises(BadArguments, match=message):
+        settings(**overrides)
+
+
+def test_zero_loaders_means_at_least_one_chosen_from_the_cpu_count():
+    assert 1 <= settings(loaders=0).loader_processes <= 8
+    assert settings(loaders=5).loader_processes == 5
+
+
+def page(name: str, width: int, height: int, solo: bool = False) -> ReadyPage:
+    return ReadyPage(task=name, image=Image.new("RGB", (width, height)), load_s=0.0, solo=solo)
+
+
+def test_a_batch_is_the_oldest_page_and_those_closest_to_it_in_size():
+    ready = ReadyPages()
+    for p in [
+        page("a", 100, 100),
+        page("huge", 1000, 1000),
+        page("b", 110, 100),
+        page("c", 90, 100),
+    ]:
+        ready.add(p)
+    assert [p.task for p in ready.take_batch(3)] == ["a", "b", "c"]
+    assert [p.task for p in ready.take_batch(3)] == ["huge"]
+    assert ready.take_batch(3) == []
+
+
+def test_pages_from_a_dead_worker_go_first_and_alone():
+    ready = ReadyPages()
+    ready.add(page("a", 100, 100))
+    ready.add(page("suspect", 100, 100, solo=True))
+    ready.add(page("b", 100, 100))
+    assert [p.task for p in ready.take_batch(8)] == ["suspect"]
+    assert [p.task for p in ready.take_batch(8)] == ["a", "b"]
