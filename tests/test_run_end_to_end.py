@@ -286,6 +286,11 @@ def test_malformed_files_fail_with_reasons_and_every_readable_page_is_done(
     ):
         assert f"malformed/{name}" in failed, failed
         assert failed[f"malformed/{name}"].strip()
+    assert failed["malformed/zero_bytes.pdf"].startswith("empty file")
+    assert failed["malformed/decompression_bomb_65535x66601.gif"].startswith("too large")
+    text = cli("status", str(out)).stdout
+    assert "malformed/zero_bytes.pdf: empty file" in text
+    assert "failed documents" in text and "pages:" in text
     files = output_files(out)
     for relpath in GOOD_PAGES:
         assert f"{relpath}/0001.txt" in files
