@@ -337,3 +337,31 @@ def test_resume_reruns_with_the_stored_settings(tmp_path, good_input, tiny_model
     assert result.returncode == ExitCode.OK, result.stderr
     files = set(output_files(out))
     assert files == {name for name in expected_outputs(GOOD_PAGES) if name.endswith(".txt")}
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_run_stays_resumable(
+    tmp_path, good_input, tiny_model_dir
+):
+    out = tmp_path / "out"
+    # Long pages (no stop token, no repetition guard), so a batch takes seconds to compute:
+    # the second Ctrl-C must not wait for the one in flight.
+    long_pages = ("--quiet", "--max-new-tokens", "2500", "--no-repetition-guard")
+    process = start_cli(*run_args(good_input, out, tiny_model_dir, *long_pages))
+    wait_for_done(out, process, 1)
+    batch_started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=120)
+    stopped_after = time.monotonic() - batch_started
+    assert process.returncode == ExitCode.INTERRUPTED
+    with JobStore.open(out, exclusive=False) as store:
+        totals = store.summary().totals()
+        done_s = [p.timings["infer_s"] * p.timings["batch_size"] for p in store.done_pages()]
+    # Faster than the batch it abandoned took to compute the first time.
+    assert stopped_after < max(done_s)
+    assert totals.get("running", 0) == 0 and totals.get("failed", 0) == 0
+    assert totals.get("done", 0) < sum(GOOD_PAGES.values())
+    finish = cli(*run_args(good_input, out, tiny_model_dir, *long_pages))
+    assert finish.returncode == ExitCode.OK, finish.stderr
+    assert_complete_outputs(out, GOOD_PAGES)
