@@ -25,15 +25,13 @@ from pipeline.child_process import prepare_child_process
 from pipeline.device_plan import WorkerSlot, plan_workers
 from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, ExitCode
 from pipeline.images import PAGE_SIZE_KEY
-from pipeline.ingest import DocumentInfo, discover
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.config import AnandaSkyConfig
 from pipeline.outputs import (
-    remove_document_outputs,
     remove_stale_temp_files,
     write_page_outputs,
 )
-from pipeline.page_loader import LoadFailure, load_page_image, probe
+from pipeline.page_loader import LoadFailure, load_page_image
 from pipeline.progress import (
     RunProgress,
     StageTimes,
@@ -44,6 +42,7 @@ from pipeline.progress import (
 )
 from pipeline.rasterize import require_poppler
 from pipeline.records import Recognition
+from pipeline.registration import DocumentRegistrar
 from pipeline.settings import RunSettings
 from pipeline.store import STATE_DIR, JobStore
 from pipeline.workers import (
@@ -128,59 +127,6 @@ class Coordinator:
         self.fatal: AnandaSkyError | None = None
         self.progress_stages = StageTimes()
 
-    # -- documents -------------------------------------------------------------------------
-
-    def register_documents(self, inputs: list[Path], pool: ProcessPoolExecutor) -> None:
-        """Hash and count pages of new or changed files; unchanged files are trusted by stat."""
-        probes: list[tuple] = []
-        for source in discover(inputs):
-            try:
-                stat = source.path.stat()
-            except OSError as exc:
-                self._fail_document(source, f"unreadable file: {exc.strerror}", None)
-                continue
-            known = self.store.known_document(source.relpath)
-            if (
-                known is not None
-                and known.state != "failed"
-                and known.size == stat.st_size
-                and known.mtime_ns == stat.st_mtime_ns
-            ):
-                continue
-            future = pool.submit(probe, str(source.path), self.settings.ingest)
-            probes.append((source, stat, future))
-        for source, stat, future in probes:
-            result = future.result()
-            if isinstance(result, LoadFailure):
-                self._fail_document(source, result.message, stat)
-                continue
-            self._sync_document(source, stat, result)
-
-    def _sync_document(self, source, stat, info: DocumentInfo) -> None:
-        known = self.store.known_document(source.relpath)
-        if known is not None and known.sha256 != info.sha256:
-            remove_document_outputs(self.out_dir, source.relpath)
-        self.store.sync_document(
-            relpath=source.relpath,
-            path=str(source.path),
-            sha256=info.sha256,
-            size=info.size,
-            mtime_ns=stat.st_mtime_ns,
-            kind=info.kind,
-            format=info.format,
-            page_count=info.page_count,
-        )
-
-    def _fail_document(self, source, reason: str, stat) -> None:
-        log.warning("%s: %s", source.relpath, reason)
-        self.store.fail_document(
-            relpath=source.relpath,
-            path=str(source.path),
-            reason=reason,
-            size=stat.st_size if stat else None,
-            mtime_ns=stat.st_mtime_ns if stat else None,
-        )
-
     # -- the run loop ----------------------------------------------------------------------
 
     def run(self, inputs: list[Path]) -> ExitCode:
@@ -191,7 +137,10 @@ class Coordinator:
         previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
         try:
             log.info("run started: %d device worker(s): %s", len(self.slots), self._slot_list())
-            self.register_documents(inputs, pool)
+            registrar = DocumentRegistrar(
+                self.store, self.out_dir, self.settings.ingest, self._new_pool
+            )
+            pool = registrar.register(inputs, pool)
             retried = self.store.retry_failed_pages()
             if retried:
                 log.info("retrying %d page(s) that failed in earlier runs", retried)

@@ -1,0 +1,107 @@
+"""Registering a collection's files in the job store: hash and count pages of what is new.
+
+Unchanged files (same size and mtime as recorded) are trusted without reading them, so resuming
+a run over 10^5 files costs one `stat` each. New or changed files are probed in the loader
+processes; a file that crashes the reader (a decoder bug on hostile input) becomes a failed
+document, and the rest of the collection is still registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from pipeline.ingest import DocumentInfo, IngestSettings, SourceFile, discover
+from pipeline.job_backend import JobBackend
+from pipeline.outputs import remove_document_outputs
+from pipeline.page_loader import LoadFailure, probe
+from pipeline.progress import log
+
+CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
+
+
+class DocumentRegistrar:
+    def __init__(
+        self,
+        store: JobBackend,
+        out_dir: Path,
+        ingest: IngestSettings,
+        new_pool: Callable[[], ProcessPoolExecutor],
+        probe_fn: Callable[[str, IngestSettings], DocumentInfo | LoadFailure] = probe,
+    ) -> None:
+        self.store = store
+        self.out_dir = out_dir
+        self.ingest = ingest
+        self.new_pool = new_pool
+        self.probe_fn = probe_fn
+
+    def register(self, inputs: list[Path], pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """Register every input file; returns the pool to go on with (replaced after a crash)."""
+        to_probe = []
+        for source in discover(inputs):
+            try:
+                stat = source.path.stat()
+            except OSError as exc:
+                self._fail(source, f"unreadable file: {exc.strerror}", None)
+                continue
+            known = self.store.known_document(source.relpath)
+            if (
+                known is not None
+                and known.state != "failed"
+                and known.size == stat.st_size
+                and known.mtime_ns == stat.st_mtime_ns
+            ):
+                continue
+            to_probe.append((source, stat))
+        futures = [pool.submit(self.probe_fn, str(s.path), self.ingest) for s, _ in to_probe]
+        for index, ((source, stat), future) in enumerate(zip(to_probe, futures, strict=True)):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                return self._register_one_by_one(to_probe[index:])
+            self._record(source, stat, result)
+        return pool
+
+    def _register_one_by_one(self, remaining: list) -> ProcessPoolExecutor:
+        """After a crash every queued probe is lost; redo them alone to find the culprit."""
+        pool = self.new_pool()
+        for source, stat in remaining:
+            try:
+                result = pool.submit(self.probe_fn, str(source.path), self.ingest).result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = self.new_pool()
+                result = LoadFailure(CRASHED_READER)
+            self._record(source, stat, result)
+        return pool
+
+    def _record(self, source: SourceFile, stat, result: DocumentInfo | LoadFailure) -> None:
+        if isinstance(result, LoadFailure):
+            self._fail(source, result.message, stat)
+            return
+        known = self.store.known_document(source.relpath)
+        if known is not None and known.sha256 != result.sha256:
+            remove_document_outputs(self.out_dir, source.relpath)
+        self.store.sync_document(
+            relpath=source.relpath,
+            path=str(source.path),
+            sha256=result.sha256,
+            size=result.size,
+            mtime_ns=stat.st_mtime_ns,
+            kind=result.kind,
+            format=result.format,
+            page_count=result.page_count,
+        )
+
+    def _fail(self, source: SourceFile, reason: str, stat) -> None:
+        log.warning("%s: %s", source.relpath, reason)
+        self.store.fail_document(
+            relpath=source.relpath,
+            path=str(source.path),
+            reason=reason,
+            size=stat.st_size if stat else None,
+            mtime_ns=stat.st_mtime_ns if stat else None,
+        )
