@@ -58,6 +58,30 @@ class DonePage:
 
 
 @dataclass(frozen=True)
+class PageState:
+    """One page's progress, as `JobBackend.document_pages` lists it."""
+
+    page_index: int  # 0-based
+    state: str  # pending | running | done | failed
+    error: str | None  # the last failure (a pending page keeps it until it is retried)
+    finished_at: float | None  # when it was done, or last failed
+
+
+@dataclass(frozen=True)
+class DocumentPages:
+    """A document and the state of every page it has: what reports like `export` list."""
+
+    relpath: str
+    path: str
+    state: str  # ok | failed (unreadable: it has no pages)
+    reason: str | None  # why the whole document failed
+    page_count: int | None  # None for a failed document
+    sha256: str | None
+    size: int | None
+    pages: tuple[PageState, ...]  # in page order
+
+
+@dataclass(frozen=True)
 class DeviceStats:
     pages_done: int
     infer_seconds: float
@@ -202,6 +226,10 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def done_pages(self) -> Iterator[DonePage]: ...
+
+    @abc.abstractmethod
+    def document_pages(self) -> Iterator[DocumentPages]:
+        """Every document with its pages, in relpath/page order, from one snapshot, streamed."""
 
     def __enter__(self):
         return self

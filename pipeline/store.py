@@ -15,22 +15,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.resources
+import itertools
 import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 
 from .errors import BadArguments, ConfigMismatch, OutputInUse
 from .job_backend import (
     DeviceStats,
+    DocumentPages,
     DonePage,
     FailedDocument,
     FailedPage,
     JobBackend,
     KnownDocument,
+    PageState,
     PageTask,
     StoreSummary,
 )
@@ -443,6 +447,25 @@ class JobStore(JobBackend):
                     yield DonePage(
                         r[0], _py_text(r[1]), _py_text(r[2]), r[3], r[4], r[5], timings, *r[7:]
                     )
+        finally:
+            cursor.close()
+
+    def document_pages(self) -> Iterator[DocumentPages]:
+        """Every document with its pages' states: one statement, so one snapshot, streamed a
+        document at a time (an index walk in relpath/page order, no sort of the pages)."""
+        with self._mutex:
+            cursor = self._conn.execute(
+                "SELECT d.id, d.relpath, d.path, d.state, d.reason, d.page_count, d.sha256, "
+                "d.size, p.page_index, p.state, p.error, p.finished_at "
+                "FROM documents d LEFT JOIN pages p ON p.doc_id = d.id "
+                "ORDER BY d.relpath, p.page_index"
+            )
+        try:
+            rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(1000), []))
+            for _, group in itertools.groupby(rows, key=itemgetter(0)):
+                r, *more = group
+                pages = tuple(PageState(*p[8:]) for p in (r, *more) if p[8] is not None)
+                yield DocumentPages(_py_text(r[1]), _py_text(r[2]), *r[3:8], pages)
         finally:
             cursor.close()
 

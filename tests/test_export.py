@@ -294,6 +294,58 @@ def test_failed_and_pending_pages_are_reported_and_never_filled(out, tmp_path):
     assert "letter.pdf page 3: failed: " + ERROR in report.summary()
 
 
+def test_documents_with_no_page_done_are_listed_per_page_and_selected_by_glob(tmp_path):
+    collection = {
+        "a/started.pdf": ["Begun.", ...],
+        "a/todo.pdf": [..., ..., ...],
+        "b/failing.pdf": [None, ...],
+        "b/todo.pdf": [..., ...],
+    }
+    out, to = tmp_path / "out", tmp_path / "delivery"
+    with build_out(out, collection) as run:
+        running = [t.page_id for t in run.pending_pages() if t.relpath == "a/todo.pdf"][1]
+        run.mark_running([running], "cpu")  # being recognised: still pending for the export
+        report = export_collection(out, to, formats=ALL)
+        saved = json.loads((to / "export-report.json").read_text("utf-8"))
+        pending = [{"page": n, "state": "pending"} for n in (1, 2, 3)]
+        assert saved["not_exported_documents"] == [
+            {
+                "relpath": "a/todo.pdf",
+                "reason": "no page done yet",
+                "pages": 3,
+                "not_exported": pending,
+            },
+            {
+                "relpath": "b/failing.pdf",
+                "reason": "no page done yet",
+                "pages": 2,
+                "not_exported": [{"page": 1, "state": "failed", "error": ERROR}, pending[1]],
+            },
+            {
+                "relpath": "b/todo.pdf",
+                "reason": "no page done yet",
+                "pages": 2,
+                "not_exported": pending[:2],
+            },
+            {"relpath": "box3/broken.pdf", "reason": "document failed: encrypted"},
+        ]
+        assert saved["pending_in_documents_not_started"] == 6
+        assert saved["totals"]["pages_pending"] == 7 and saved["totals"]["pages_failed"] == 0
+        printed = report.summary()
+        assert "  a/todo.pdf: no page done yet (3 pending)\n" in printed
+        assert "  b/failing.pdf: no page done yet (1 failed, 1 pending)\n" in printed
+        assert "7 pages still to do" in printed
+        assert sorted(p.name for p in (to / "documents").glob("*/*")) == ["started.pdf"]
+        report = export_collection(out, to, formats=ALL, documents=["a/*"], include_failed=True)
+    saved = json.loads((to / "export-report.json").read_text("utf-8"))
+    assert [d["relpath"] for d in saved["documents"]] == ["a/started.pdf"]
+    assert [d["relpath"] for d in saved["not_exported_documents"]] == ["a/todo.pdf"]
+    assert saved["pending_in_documents_not_started"] == 3  # b/todo.pdf's pages are not counted
+    assert saved["totals"]["pages_pending"] == 4 and report.totals()["documents_not_exported"] == 1
+    assert "4 pages still to do" in report.summary() and "b/todo.pdf" not in report.summary()
+    assert not (to / "documents/a/todo.pdf").exists()  # no placeholders for a document not begun
+
+
 def test_include_failed_writes_placeholders_marked_in_every_format(out, tmp_path):
     to = tmp_path / "delivery"
     export_collection(out, to, formats=ALL, include_failed=True)

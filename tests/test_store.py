@@ -306,6 +306,42 @@ def test_done_pages_stream_in_order_with_their_results(store):
     )
 
 
+def test_document_pages_list_every_page_state_from_one_snapshot_beside_a_run(tmp_path):
+    with JobStore.open(tmp_path) as writer:
+        add_doc(writer, "b.pdf", 3)
+        add_doc(writer, "a.pdf", 2, size=7)
+        add_doc(writer, "z.pdf", 1200)  # more rows than one fetch: the rest streams later
+        writer.fail_document(relpath="bad.pdf", path="/in/bad.pdf", reason="not a PDF")
+        tasks = {(t.relpath, t.page_index): t.page_id for t in writer.pending_pages()}
+        finish(writer, tasks["b.pdf", 1])
+        writer.record_failure(tasks["b.pdf", 2], "bad page", max_attempts=1)
+        writer.record_failure(tasks["a.pdf", 0], "flaky", max_attempts=3)  # pending again
+        writer.mark_running([tasks["a.pdf", 1]], "npu:0")
+        with JobStore.open(tmp_path, exclusive=False) as reader:
+            stream = reader.document_pages()
+            first = next(stream)
+            finish(writer, tasks["z.pdf", 1199])  # the run goes on meanwhile, unblocked
+            docs = [first, *stream]
+            assert list(reader.document_pages())[-1].pages[-1].state == "done"  # a new snapshot
+    assert [d.relpath for d in docs] == ["a.pdf", "b.pdf", "bad.pdf", "z.pdf"]
+    states = {d.relpath: [(p.page_index, p.state, p.error) for p in d.pages] for d in docs}
+    assert states["a.pdf"] == [(0, "pending", "flaky"), (1, "running", None)]
+    assert states["b.pdf"] == [(0, "pending", None), (1, "done", None), (2, "failed", "bad page")]
+    assert states["bad.pdf"] == []
+    assert states["z.pdf"] == [(i, "pending", None) for i in range(1200)]  # still its snapshot
+    a, b, bad, _ = docs
+    assert (a.path, a.state, a.reason, a.page_count, a.sha256, a.size) == (
+        "/in/a.pdf",
+        "ok",
+        None,
+        2,
+        "h1",
+        7,
+    )
+    assert (bad.state, bad.reason, bad.page_count) == ("failed", "not a PDF", None)
+    assert b.pages[1].finished_at is not None and b.pages[0].finished_at is None
+
+
 # ---- summary ------------------------------------------------------------------------------------
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Iterable
-from operator import attrgetter
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.job_backend import printable
+from pipeline.job_backend import JobBackend, printable
 from pipeline.outputs import PAGES_DIR
 from pipeline.store import STATE_DIR, JobStore
 
@@ -18,15 +16,8 @@ from . import alto_pages, hocr, mets, page_xml, txt
 from .archive import archive_path, write_archive
 from .delivery import Delivery, locked, sha256
 from .options import DEFAULT_FORMATS, DEFAULT_SEPARATOR, ExportOptions
-from .pages import (
-    PENDING,
-    ExportDocument,
-    escaped_relpath,
-    failures_by_document,
-    load_document,
-    plan_document,
-)
-from .report import REPORT_NAME, ExportReport, document_entry
+from .pages import DONE, ExportDocument, escaped_relpath, load_document, plan_document
+from .report import REPORT_NAME, ExportReport, document_entry, not_started_entry
 
 DOCUMENTS_DIR = "documents"
 
@@ -58,56 +49,39 @@ def _check_destination(out: Path, to: Path) -> None:
 
 
 def _export_documents(
-    store: JobStore, out_dir: Path, options: ExportOptions, delivery: Delivery
-) -> tuple[list[dict], list[dict], int]:
-    """(document entries, documents with nothing to export, pages pending in documents that have
-    no page done).
+    store: JobBackend, out_dir: Path, options: ExportOptions, delivery: Delivery
+) -> tuple[list[dict], list[dict]]:
+    """(document entries, selected documents with nothing to export).
 
-    One snapshot: `done_pages()` starts its query first, and `summary()` runs while that query
-    is still open on the same read-only connection, so SQLite answers both from the same
-    snapshot. (A store with fewer done pages than one fetch has been read whole by then and the
-    summary is a moment newer; while a run goes on, pages only move on from pending, so a
-    page that is done stays done and a failure the summary shows is a real one.)
+    One snapshot: `document_pages()` is a single query, so every document and page state comes
+    from the same moment even while a run goes on; a page that finishes meanwhile is picked up
+    by the next export.
     """
-    done_pages = store.done_pages()
-    first = next(done_pages, None)
-    summary = store.summary()
-    failures = failures_by_document(summary.failed_pages)
     entries: list[dict] = []
-    pending_seen = 0
-    stream = itertools.chain([first], done_pages) if first is not None else iter(())
-    for relpath, group in itertools.groupby(stream, key=attrgetter("relpath")):
-        done = list(group)
-        failed = failures.pop(relpath, {})
-        if not options.selects(relpath):
-            pending_seen += done[0].page_count - len(done) - len(failed)
+    not_started: list[dict] = []
+    failed: list[dict] = []
+    for doc in store.document_pages():
+        if not options.selects(doc.relpath):
             continue
-        source = plan_document(out_dir, done, failed, store.known_document(relpath))
-        pending_seen += sum(p.state == PENDING for p in source.pages)
+        if doc.state == "failed":
+            reason = f"document failed: {doc.reason or ''}"
+            failed.append({"relpath": printable(doc.relpath), "reason": reason})
+            continue
+        if not any(p.state == DONE for p in doc.pages):
+            if doc.pages:
+                not_started.append(not_started_entry(doc))
+            continue
+        source = plan_document(out_dir, doc)
         key = source.fingerprint(options.fingerprint_fields())
-        entry = delivery.unchanged_entry(relpath, key)
+        entry = delivery.unchanged_entry(doc.relpath, key)
         if entry is None:
-            doc = load_document(source)
-            folder = f"{DOCUMENTS_DIR}/{escaped_relpath(relpath)}"
-            entry = document_entry(doc, folder, options)
-            files = render_document(doc, options)
-            delivery.put(relpath, key, {f"{folder}/{n}": d for n, d in files.items()}, entry)
+            loaded = load_document(source)
+            folder = f"{DOCUMENTS_DIR}/{escaped_relpath(doc.relpath)}"
+            entry = document_entry(loaded, folder, options)
+            files = render_document(loaded, options)
+            delivery.put(doc.relpath, key, {f"{folder}/{n}": d for n, d in files.items()}, entry)
         entries.append(entry)
-    not_exported = [
-        {
-            "relpath": printable(relpath),
-            "reason": "no page done yet",
-            "failed_pages": [{"page": n, "error": e} for n, e in sorted(failed.items())],
-        }
-        for relpath, failed in failures.items()
-        if options.selects(relpath)
-    ]
-    not_exported += [
-        {"relpath": printable(f.relpath), "reason": f"document failed: {f.reason}"}
-        for f in summary.failed_documents
-        if options.selects(f.relpath)
-    ]
-    return entries, not_exported, max(0, summary.pages_remaining - pending_seen)
+    return entries, not_started + failed
 
 
 def export_collection(
@@ -139,8 +113,8 @@ def export_collection(
     with JobStore.open(out_dir, exclusive=False) as store, locked(to):
         delivery = Delivery(to)
         delivery.remove_stale_temp_files()
-        report.documents, report.not_exported_documents, report.pending_in_unstarted_documents = (
-            _export_documents(store, out_dir, options, delivery)
+        report.documents, report.not_exported_documents = _export_documents(
+            store, out_dir, options, delivery
         )
         report_bytes = report.to_json()
         delivery.write(REPORT_NAME, report_bytes)

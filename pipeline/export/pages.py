@@ -1,8 +1,9 @@
 """What an export knows about one document: every page's state and, for done pages, its content.
 
-The job store says which pages are done; the page's ALTO file in OUT says what it holds (words,
-line and paragraph breaks, word confidences, image size). A run made with `--formats txt` left
-no ALTO, so such a page's content comes from its TXT, without size or confidences.
+The job store says which pages are done, failed or still to do; a done page's ALTO file in OUT
+says what it holds (words, line and paragraph breaks, word confidences, image size). A run made
+with `--formats txt` left no ALTO, so such a page's content comes from its TXT, without size or
+confidences.
 
 Reading happens in two steps so re-exports stay cheap: `plan_document` only stats files (enough
 to tell whether anything changed since the last export), `load_document` parses them.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from lxml import etree
 
 from pipeline.alto import ALTO_NS
-from pipeline.job_backend import DonePage, KnownDocument
+from pipeline.job_backend import DocumentPages, PageState
 from pipeline.outputs import PAGES_DIR, output_folder, page_output_paths
 
 DONE, FAILED, PENDING, MISSING = "done", "failed", "pending", "missing"
@@ -126,37 +127,34 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns)
 
 
-def plan_document(
-    out_dir: Path,
-    done: list[DonePage],
-    failed: Mapping[int, str],
-    known: KnownDocument | None,
-) -> DocumentSource:
-    """Every page of one document, from its done pages and the failures `summary()` listed:
-    done wins, then failed; a page that is neither is still to do (pending or running)."""
-    first = done[0]
-    by_index = {d.page_index: d for d in done}
+def export_state(page: PageState) -> tuple[str, str | None]:
+    """(state, error) as the export reports a page: a running page is still pending, and only a
+    failed page carries its error."""
+    if page.state == FAILED:
+        return FAILED, page.error or ""
+    return (DONE if page.state == DONE else PENDING), None
+
+
+def plan_document(out_dir: Path, doc: DocumentPages) -> DocumentSource:
+    """Every page of one document as the store lists it; done pages with their files' stats."""
+    by_index = {p.page_index: p for p in doc.pages}
     pages = []
-    for number in range(1, first.page_count + 1):
-        d = by_index.get(number - 1)
-        paths = page_output_paths(out_dir, first.relpath, number, ("alto", "txt"))
-        if d is not None:
-            state, error, finished = DONE, None, d.finished_at
-        elif number in failed:
-            state, error, finished = FAILED, failed[number], None
-        else:
-            state, error, finished = PENDING, None, None
-        stats = (_stat(paths["alto"]), _stat(paths["txt"])) if d is not None else (None, None)
+    for number in range(1, (doc.page_count or 0) + 1):
+        page = by_index.get(number - 1)
+        state, error = export_state(page) if page is not None else (PENDING, None)
+        paths = page_output_paths(out_dir, doc.relpath, number, ("alto", "txt"))
+        done = state == DONE
+        finished = page.finished_at if done else None
+        stats = (_stat(paths["alto"]), _stat(paths["txt"])) if done else (None, None)
         pages.append(
             PageSource(number, state, error, finished, paths["alto"], paths["txt"], *stats)
         )
-    same = known is not None and known.page_count == first.page_count
     return DocumentSource(
-        relpath=first.relpath,
-        path=first.path,
-        page_count=first.page_count,
-        sha256=known.sha256 if same else None,
-        size=known.size if same else None,
+        relpath=doc.relpath,
+        path=doc.path,
+        page_count=doc.page_count or 0,
+        sha256=doc.sha256,
+        size=doc.size,
         pages=tuple(pages),
     )
 
@@ -246,14 +244,6 @@ def _float(value: str | None) -> float | None:
 
 def _int(value: str | None) -> int | None:
     return None if value is None else round(float(value))
-
-
-def failures_by_document(failed_pages: Iterable) -> dict[str, dict[int, str]]:
-    """{relpath: {page number: error}} from `StoreSummary.failed_pages`."""
-    out: dict[str, dict[int, str]] = {}
-    for f in failed_pages:
-        out.setdefault(f.relpath, {})[f.page_number] = f.error
-    return out
 
 
 def escaped_relpath(relpath: str) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.errors import ExitCode
-from pipeline.job_backend import printable
+from pipeline.job_backend import DocumentPages, printable
 
 from .options import ExportOptions
-from .pages import ExportDocument
+from .pages import PENDING, ExportDocument, export_state
 
 REPORT_NAME = "export-report.json"
 _NEEDS_ALTO = ("alto", "page", "mets")
@@ -46,6 +46,29 @@ def document_entry(doc: ExportDocument, folder: str, options: ExportOptions) -> 
     return entry
 
 
+def not_started_entry(doc: DocumentPages) -> dict:
+    """A document with no page done: nothing of it is delivered; every page is listed."""
+    absent = []
+    for page in doc.pages:
+        state, error = export_state(page)
+        absent.append(
+            {"page": page.page_index + 1, "state": state, **({"error": error} if error else {})}
+        )
+    return {
+        "relpath": printable(doc.relpath),
+        "reason": "no page done yet",
+        "pages": doc.page_count,
+        "not_exported": absent,
+    }
+
+
+def _page_states(entry: dict) -> str:
+    """` (1 failed, 2 pending)` for a not-exported document that lists its pages."""
+    states = [p["state"] for p in entry.get("not_exported", ())]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states)))
+    return f" ({counts})" if counts else ""
+
+
 @dataclass
 class ExportReport:
     """Returned by `export_collection`; `to_json()` is the file, `summary()` the printout."""
@@ -56,10 +79,18 @@ class ExportReport:
     archive: Path | None = None
     documents: list[dict] = field(default_factory=list)
     not_exported_documents: list[dict] = field(default_factory=list)
-    pending_in_unstarted_documents: int = 0
     written: int = 0
     unchanged: int = 0
     removed: int = 0
+
+    @property
+    def pending_in_unstarted_documents(self) -> int:
+        """Pending pages of the selected documents that have no page done."""
+        return sum(
+            p["state"] == PENDING
+            for d in self.not_exported_documents
+            for p in d.get("not_exported", ())
+        )
 
     def totals(self) -> dict[str, int]:
         states = [p["state"] for d in self.documents for p in d["not_exported"]]
@@ -128,7 +159,10 @@ class ExportReport:
                 for d in self.documents
                 for p in d["not_exported"]
             ]
-            problems += [f"  {d['relpath']}: {d['reason']}" for d in self.not_exported_documents]
+            problems += [
+                f"  {d['relpath']}: {d['reason']}{_page_states(d)}"
+                for d in self.not_exported_documents
+            ]
             lines += problems[:_SHOWN]
             if len(problems) > _SHOWN:
                 lines.append(f"  ... ({len(problems) - _SHOWN} more in the report)")
