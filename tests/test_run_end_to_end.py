@@ -142,7 +142,9 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    result = cli(*run_args(good_input, out, tiny_model_dir, "--workers", "2"))
+    # Pages long enough that the second worker is ready before the first has taken them all.
+    slow = ("--workers", "2", "--max-new-tokens", "300", "--no-repetition-guard")
+    result = cli(*run_args(good_input, out, tiny_model_dir, *slow))
     assert result.returncode == ExitCode.OK, result.stderr
     assert_complete_outputs(out, GOOD_PAGES)
     status = json.loads(cli("status", str(out), "--json").stdout)
@@ -208,10 +210,18 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    process = start_cli(*run_args(good_input, out, tiny_model_dir, "--workers", "2", "--quiet"))
-    wait_for_done(out, process, 2)
-    log = (out / "run.log").read_text()
-    victim = int(re.findall(r"worker cpu:0 ready on \S+ \(pid (\d+)", log)[0])
+    # Pages long enough (no stop, no repetition guard) that the run is still going at the kill.
+    slow = ("--workers", "2", "--quiet", "--max-new-tokens", "600", "--no-repetition-guard")
+    process = start_cli(*run_args(good_input, out, tiny_model_dir, *slow))
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        log = (out / "run.log").read_text() if (out / "run.log").exists() else ""
+        found = re.findall(r"worker cpu:0 ready on \S+ \(pid (\d+)", log)
+        victim = int(found[0]) if found else None
+        time.sleep(0.05)
+    assert victim is not None, "worker cpu:0 never became ready"
+    wait_for_done(out, process, 1)
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == ExitCode.OK, stderr
@@ -221,7 +231,16 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_completes(
 
 def test_second_run_on_an_output_folder_in_use_is_refused(tmp_path, good_input, tiny_model_dir):
     out = tmp_path / "out"
-    args = run_args(good_input, out, tiny_model_dir, "--quiet")
+    # Long pages, so the first run is still working when the second one starts.
+    args = run_args(
+        good_input,
+        out,
+        tiny_model_dir,
+        "--quiet",
+        "--max-new-tokens",
+        "1500",
+        "--no-repetition-guard",
+    )
     first = start_cli(*args)
     wait_for_done(out, first, 1)
     second = cli(*args)
