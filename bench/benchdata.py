@@ -77,12 +77,11 @@ def bench_config(size: str) -> AnandaSkyConfig:
     six special tokens 256..261, so the byte-level test tokenizer can serve it: the ids change
     no tensor shape and so no cost.
     """
-    from pipeline.model.config import AnandaSkyConfig, SpecialTokens
-    from pipeline.model.synthetic import synthetic_config
-    from pipeline.model.tokenizer import TEST_SPECIAL_TOKENS
+    from pipeline.model.config import AnandaSkyConfig
+    from pipeline.model.synthetic import TEST_SPECIAL_TOKENS, synthetic_config
 
     if size == "full":
-        special = SpecialTokens(*range(256, 256 + len(TEST_SPECIAL_TOKENS)))
+        special = replace(TEST_SPECIAL_TOKENS)
         return replace(AnandaSkyConfig(), name="anandasky-bench-full", special_tokens=special)
     return synthetic_config(size)
 

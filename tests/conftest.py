@@ -60,3 +60,15 @@ def seed_model_dir(tmp_path_factory) -> Path:
     from pipeline.model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("seed-model"), "seed")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP
+    threads spin against each other (10x slower); restore the setting for other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

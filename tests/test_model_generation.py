@@ -21,17 +21,7 @@ from pipeline.model.generation import (
 )
 
 # The decoder is transformers' Qwen3: CI runs these on transformers 4.55.4 as well.
-pytestmark = pytest.mark.compat
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP
-    threads spin against each other (10x slower); restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

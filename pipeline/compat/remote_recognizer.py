@@ -32,9 +32,11 @@ from pipeline.model.generation import (
     STOP_EOS,
     STOP_MAX_TOKENS,
     STOP_REPETITION,
+    Generated,
     RepetitionGuard,
     resolve_guard,
 )
+from pipeline.model.recognizer import to_recognition
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
@@ -64,17 +66,9 @@ def special_tokens_of(tokenizer_path: Path) -> SpecialTokens:
     """The chat/vision token ids as the folder's own tokenizer numbers them."""
     from tokenizers import Tokenizer
 
-    from pipeline.model.config import (
-        ENDOFTEXT,
-        IM_END,
-        IM_START,
-        IMAGE_PAD,
-        VISION_END,
-        VISION_START,
-    )
+    from pipeline.model.config import SPECIAL_TOKEN_STRINGS as names
 
     tok = Tokenizer.from_file(str(tokenizer_path))
-    names = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
     ids = {name: tok.token_to_id(name) for name in names}
     missing = [name for name, i in ids.items() if i is None]
     if missing:
@@ -228,13 +222,5 @@ class RemoteRecognizer:
             keep = repetition_cut(ids, guard) if guard else None
             if keep is not None:
                 ids, logprobs, reason = ids[:keep], logprobs[:keep], STOP_REPETITION
-            text, ends = self.tokenizer.decode_with_ends(ids)
-            out.append(
-                Recognition(
-                    text=text,
-                    token_logprobs=tuple(float(x) for x in logprobs),
-                    token_ends=ends,
-                    stop_reason=reason,
-                )
-            )
+            out.append(to_recognition(self.tokenizer, Generated(ids, logprobs, reason)))
         return out

@@ -30,6 +30,9 @@ VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 
+# The token strings in the order of `SpecialTokens`' fields.
+SPECIAL_TOKEN_STRINGS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
+
 VISION_ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
@@ -113,14 +116,7 @@ class SpecialTokens:
     image_pad_id: int = 151655
 
     def by_string(self) -> dict[str, int]:
-        return {
-            ENDOFTEXT: self.endoftext_id,
-            IM_START: self.im_start_id,
-            IM_END: self.im_end_id,
-            VISION_START: self.vision_start_id,
-            VISION_END: self.vision_end_id,
-            IMAGE_PAD: self.image_pad_id,
-        }
+        return dict(zip(SPECIAL_TOKEN_STRINGS, dataclasses.astuple(self), strict=True))
 
     @property
     def stop_ids(self) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.model.config import AnandaSkyConfig
-from pipeline.model.vision import Projector, VisionEncoder
+from pipeline.model.vision import VisionEncoder, make_projector
 
 LANGUAGE_MODEL_PREFIX = "language_model."
 TIED_KEYS = ("language_model.lm_head.weight",)
@@ -32,7 +32,7 @@ class AnandaSkyModel(nn.Module):
 
         self.config = config
         self.vision = VisionEncoder(config.vision)
-        self.projector = Projector(config.projector)
+        self.projector = make_projector(config.projector)
         self.language_model = Qwen3ForCausalLM(qwen3_config(config))
         self.tie_weights()
 

@@ -28,6 +28,17 @@ from pipeline.records import Recognition
 IMPLEMENTATIONS = ("auto", "native", "remote")
 
 
+def to_recognition(tokenizer: TextTokenizer, generated: Generated) -> Recognition:
+    """Token ids to the text, per-token character ends and log-probs the writers need."""
+    text, ends = tokenizer.decode_with_ends(generated.token_ids)
+    return Recognition(
+        text=text,
+        token_logprobs=tuple(float(x) for x in generated.logprobs),
+        token_ends=ends,
+        stop_reason=generated.stop_reason,
+    )
+
+
 class Recognizer:
     """One model on one device; `recognize` handles a batch of pages of any sizes."""
 
@@ -101,13 +112,8 @@ class Recognizer:
         return self.model.embed_prompt(input_ids, image_embeds), lengths
 
     def _to_recognition(self, generated: Generated) -> Recognition:
-        text, ends = self.tokenizer.decode_with_ends(generated.token_ids)
-        return Recognition(
-            text=text,
-            token_logprobs=tuple(float(x) for x in generated.logprobs),
-            token_ends=ends,
-            stop_reason=generated.stop_reason,
-        )
+        # One method both paths go through, so a benchmark can see every page's token ids.
+        return to_recognition(self.tokenizer, generated)
 
     def recognize(
         self,

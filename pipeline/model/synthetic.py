@@ -27,6 +27,7 @@ import torch
 
 from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.config import (
+    SPECIAL_TOKEN_STRINGS,
     AnandaSkyConfig,
     ImageConfig,
     ProjectorConfig,
@@ -35,12 +36,12 @@ from pipeline.model.config import (
     VisionConfig,
 )
 from pipeline.model.modeling import TIED_KEYS, AnandaSkyModel
-from pipeline.model.tokenizer import TEST_SPECIAL_TOKENS, build_byte_level_tokenizer
+from pipeline.model.tokenizer import build_byte_level_tokenizer
 
 SIZES = ("tiny", "seed")
 _SEEDS = {"tiny": 20240601, "seed": 20240602}
-_TEST_SPECIAL = SpecialTokens(*range(256, 256 + len(TEST_SPECIAL_TOKENS)))
-_TEST_VOCAB = 256 + len(TEST_SPECIAL_TOKENS)
+TEST_SPECIAL_TOKENS = SpecialTokens(*range(256, 256 + len(SPECIAL_TOKEN_STRINGS)))
+_TEST_VOCAB = 256 + len(SPECIAL_TOKEN_STRINGS)
 
 VISION_STD = 0.02
 TEXT_GAIN = 3.2
@@ -93,7 +94,7 @@ def synthetic_config(size: str) -> AnandaSkyConfig:
         projector=projector,
         text=text,
         image=image,
-        special_tokens=replace(_TEST_SPECIAL),
+        special_tokens=replace(TEST_SPECIAL_TOKENS),
     )
     config.validate(f"test config {size!r}")
     return config

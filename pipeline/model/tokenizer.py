@@ -15,18 +15,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from pipeline.errors import CheckpointError
-from pipeline.model.config import (
-    ENDOFTEXT,
-    IM_END,
-    IM_START,
-    IMAGE_PAD,
-    VISION_END,
-    VISION_START,
-    SpecialTokens,
-)
-
-# Order of the special tokens after the 256 bytes in the test tokenizer (ids 256..261).
-TEST_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
+from pipeline.model.config import SPECIAL_TOKEN_STRINGS, SpecialTokens
 
 
 @cache
@@ -63,7 +52,7 @@ def build_byte_level_tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(
-        [AddedToken(s, special=True, normalized=False) for s in TEST_SPECIAL_TOKENS]
+        [AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKEN_STRINGS]
     )
     return tok
 

@@ -97,12 +97,14 @@ class VisionAttention(nn.Module):
         return self.proj(out.reshape(total, -1))
 
 
-class VisionMLP(nn.Module):
-    def __init__(self, config: VisionConfig) -> None:
+class TwoLayerMLP(nn.Module):
+    """Linear, activation, Linear: the ViT blocks' MLP and the vision-to-text projector."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, act: str) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = _activation(config.hidden_act)
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, output_size)
+        self.act = _activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -116,7 +118,9 @@ class VisionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = VisionAttention(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = VisionMLP(config)
+        self.mlp = TwoLayerMLP(
+            config.hidden_size, config.intermediate_size, config.hidden_size, config.hidden_act
+        )
 
     def forward(
         self,
@@ -156,14 +160,8 @@ class VisionEncoder(nn.Module):
         return self.norm(x)
 
 
-class Projector(nn.Module):
-    """Vision features to decoder embeddings: Linear, activation, Linear."""
-
-    def __init__(self, config: ProjectorConfig) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(config.input_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.output_size)
-        self.act = _activation(config.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+def make_projector(config: ProjectorConfig) -> TwoLayerMLP:
+    """Vision features to decoder embeddings, one output token per patch."""
+    return TwoLayerMLP(
+        config.input_size, config.intermediate_size, config.output_size, config.hidden_act
+    )
