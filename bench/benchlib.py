@@ -29,7 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
-TESTDATA = REPO.parent / "shared" / "testdata"
+TESTDATA = REPO / "tests" / "data"
 SCHEMA_VERSION = 1
 
 if str(REPO) not in sys.path:  # `python bench/x.py` from a checkout that is not installed

@@ -3,7 +3,7 @@
 The first two go through `pipeline.rasterize.render_pdf_page`, the function a page loader calls
 (open the document, paint one page, close it); the third runs `pdftoppm -r DPI -f N -l N
 -cropbox FILE` and reads the PPM it writes to stdout. Each is timed over every page of the
-scanned PDFs in shared/testdata/pages/pdf, interleaved, at 300 DPI and, second, at the
+scanned PDFs in tests/data/pages/pdf, interleaved, at 300 DPI and, second, at the
 resolution a run with the full model really paints (the page shrunk to the model's 4096-patch
 budget before it is painted). Output equivalence: pixel sizes, and the mean absolute pixel
 difference of each renderer against PDFium.
@@ -32,7 +32,7 @@ FULL_MODEL_PIXELS = 4096 * 16 * 16  # AnandaSkyConfig().max_image_pixels
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     p = benchlib.parser(__doc__.splitlines()[0])
     p.add_argument(
-        "--pdf", type=Path, nargs="*", default=None, help="PDFs (default: shared test scans)"
+        "--pdf", type=Path, nargs="*", default=None, help="PDFs (default: the test scans in tests/data)"
     )
     p.add_argument("--dpi", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)

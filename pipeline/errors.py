@@ -15,6 +15,11 @@ class ExitCode(enum.IntEnum):
     BAD_ARGUMENTS = 2
     MISSING_DEPENDENCY = 3
     OUTPUT_IN_USE = 4
+    OUTPUT_ACCESS = 5  # OUT or its job store cannot be written: read-only, no permission, full
+    NOTHING_TO_DO = 6  # the inputs hold no page files at all
+    DEVICES_LOST = 7  # workers died through no fault of the pages; unfinished pages stay pending
+    STORE_DAMAGED = 8  # the job store lost data; what was lost is reported
+    INTERNAL_ERROR = 15  # a failure nobody anticipated; the traceback is in OUT/run.log
     INTERRUPTED = 130
 
 
@@ -50,6 +55,30 @@ class OutputInUse(AnandaSkyError):
     """Another run holds the output folder."""
 
     exit_code = ExitCode.OUTPUT_IN_USE
+
+
+class OutputAccessError(AnandaSkyError):
+    """The output folder or the job store cannot be written (or read): path and cause named."""
+
+    exit_code = ExitCode.OUTPUT_ACCESS
+
+
+class NothingToDo(AnandaSkyError):
+    """The inputs exist but hold no file that could be a page."""
+
+    exit_code = ExitCode.NOTHING_TO_DO
+
+
+class DevicesLost(AnandaSkyError):
+    """Device workers died through no fault of the pages (killed from outside, device gone)."""
+
+    exit_code = ExitCode.DEVICES_LOST
+
+
+class StoreDamaged(AnandaSkyError):
+    """The job store is corrupt or lost data; the message says what was lost."""
+
+    exit_code = ExitCode.STORE_DAMAGED
 
 
 class InputError(AnandaSkyError):

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths into ../shared and the ALTO schema validator."""
+"""Shared fixtures: the repository's own test data (tests/data) and the XML schema validator."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TESTDATA = SHARED / "testdata"
-SCHEMAS = SHARED / "schemas"
+# Real files made by others, copied into the repository with their origins and licences
+# (tests/data/SOURCES.md): a fresh clone runs its tests with nothing beside it.
+TESTDATA = REPO / "tests" / "data"
+SCHEMAS = TESTDATA / "schemas"
 
 
 @functools.cache
@@ -21,7 +22,7 @@ def _schema(name: str):
 
 
 def assert_valid_xml(path_or_bytes, schema_name: str) -> None:
-    """Validate against one of ../shared/schemas; fail with the schema's own error log."""
+    """Validate against one of tests/data/schemas; fail with the schema's own error log."""
     from lxml import etree
 
     if isinstance(path_or_bytes, (bytes, bytearray)):
@@ -42,7 +43,7 @@ def assert_valid_alto(path_or_bytes) -> None:
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not TESTDATA.is_dir():
-        pytest.fail(f"shared test data not found at {TESTDATA}")
+        pytest.fail(f"test data not found at {TESTDATA}")
     return TESTDATA
 
 

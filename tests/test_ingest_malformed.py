@@ -1,4 +1,4 @@
-"""Every file of shared/testdata/malformed ends as correct pages or as a specific, named failure."""
+"""Every file of tests/data/malformed ends as correct pages or as a specific, named failure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real scans from shared/testdata/pages: both PDF rasterizers, JPEG pages, and max_pixels."""
+"""Real scans from tests/data/pages: both PDF rasterizers, JPEG pages, and max_pixels."""
 
 from __future__ import annotations
 

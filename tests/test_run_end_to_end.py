@@ -1,7 +1,7 @@
 """Whole runs through the real CLI: real worker processes, real SQLite, real poppler/pdfium.
 
 These are the slowest tests (each run spawns model workers); they use the tiny checkpoint and a
-small token budget so a run over the shared test pages takes seconds.
+small token budget so a run over the real test pages takes seconds.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def wait_for_done(
 
 @pytest.fixture(scope="module")
 def good_input(tmp_path_factory, testdata) -> Path:
-    """The shared real pages, linked into a folder of our own (never copied into the repo)."""
+    """The real test pages, linked into a folder of our own so the run sees only these."""
     root = tmp_path_factory.mktemp("scans")
     for relpath in GOOD_PAGES:
         target = root / relpath
