@@ -161,11 +161,15 @@ class NativeDecoder:
         embeds: torch.Tensor,
         lengths: list[int],
         cache: KVCache,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """Run packed prompts `(T, hidden)` (row i has `lengths[i]` tokens), fill cache rows 0..N-1.
+        """Run packed prompts `(T, hidden)` (prompt i has `lengths[i]` tokens), fill cache rows.
 
-        Returns the final hidden state of each row's last token `(N, hidden)`, pre-norm.
+        Prompt i's keys/values go to cache row `rows[i]` (default: row i), so a continuous batch
+        can prefill a newcomer into the slot a finished page left. Returns the final hidden state
+        of each prompt's last token `(N, hidden)`, pre-norm.
         """
+        rows = list(range(len(lengths))) if rows is None else rows
         device = embeds.device
         bounds = [0]
         for n in lengths:
@@ -179,7 +183,7 @@ class NativeDecoder:
             q, k, v = self._qkv(layer, layer.input_layernorm(x), _plain)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            for row, (start, end) in enumerate(itertools.pairwise(bounds)):
+            for row, (start, end) in zip(rows, itertools.pairwise(bounds), strict=True):
                 cache.k[li, row, :, : end - start] = k[start:end].transpose(0, 1)
                 cache.v[li, row, :, : end - start] = v[start:end].transpose(0, 1)
             out = varlen_attention(q, k, v, cu_seqlens, causal=True)

@@ -153,17 +153,32 @@ class GenerationEngine:
 
     def step(self, batch: DecodeBatch, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per live row `(B,)`; return the next logits `(B, vocab)` float32."""
+        longest = max(batch.host_lengths)
+        batch.cache.ensure(longest + 1)
+        logits = self.forward_step(
+            batch.cache, batch.lengths, longest, min(batch.host_lengths) == longest, tokens
+        )
+        batch.lengths = batch.lengths + 1
+        batch.host_lengths = [n + 1 for n in batch.host_lengths]
+        return logits
+
+    def forward_step(
+        self,
+        cache: KVCache,
+        positions: torch.Tensor,
+        longest: int,
+        uniform: bool,
+        tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decode step over every row of `cache` (each row holds `positions[row]` tokens, at
+        most `longest`; `uniform` when all hold the same number, so no key mask is needed)."""
         dec = self.decoder
-        key_len = max(batch.host_lengths) + 1
-        batch.cache.ensure(key_len)
-        positions = batch.lengths
+        key_len = longest + 1
         mask = None
-        if min(batch.host_lengths) != key_len - 1:  # rows differ: hide slots past each row's end
+        if not uniform:  # rows differ: hide slots past each row's end
             slots = torch.arange(key_len, device=positions.device)
             mask = (slots[None, :] <= positions[:, None])[:, None, None, :]
-        hidden = dec.decode(dec.embed(tokens), positions, batch.cache, key_len, mask)
-        batch.lengths = positions + 1
-        batch.host_lengths = [n + 1 for n in batch.host_lengths]
+        hidden = dec.decode(dec.embed(tokens), positions, cache, key_len, mask)
         return dec.logits(hidden, dec.step_linear)
 
     @staticmethod
@@ -177,50 +192,47 @@ class GenerationEngine:
         self,
         embeds: torch.Tensor,
         lengths: Sequence[int],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         repetition_guard: RepetitionGuard | None = None,
     ) -> list[Generated]:
-        """Decode every prompt until its own stop; results in prompt order."""
+        """Static batching: decode every prompt until its own stop; results in prompt order.
+
+        `max_new_tokens` is one budget for all rows or one per row. Rows leave the batch when they
+        stop, but nothing takes their place (see `continuous.py` for that).
+        """
+        limits = token_limits(max_new_tokens, lengths, self.decoder.max_positions)
         results = [Generated() for _ in lengths]
-        if max_new_tokens <= 0:
-            for res in results:
-                res.stop_reason = STOP_MAX_TOKENS
+        if min(limits) <= 0:  # rows with no budget never enter the batch
+            for row in (i for i, n in enumerate(limits) if n <= 0):
+                results[row].stop_reason = STOP_MAX_TOKENS
+            live = [i for i, n in enumerate(limits) if n > 0]
+            if live:
+                sub, sub_lengths = select_prompts(embeds, lengths, live)
+                out = self.generate(sub, sub_lengths, [limits[i] for i in live], repetition_guard)
+                for i, res in zip(live, out, strict=True):
+                    results[i] = res
             return results
-        # Rows cannot run past the model's positions: that, too, ends at the token budget.
-        max_new_tokens = min(max_new_tokens, self.decoder.max_positions - max(lengths))
-        batch, logits = self.prefill(embeds, lengths, max_new_tokens)
+        longest = max(limits)
+        batch, logits = self.prefill(embeds, lengths, longest)
         tracker = (
-            _RepetitionTracker(repetition_guard, len(lengths), max_new_tokens)
+            _RepetitionTracker(repetition_guard, len(lengths), longest)
             if repetition_guard is not None
             else None
         )
-        for step in range(max_new_tokens):
+        for step in range(longest):
             tokens, logprobs = self.pick(logits)
-            # One device->host copy per step; ids < 2**24 are exact in float32.
-            host = torch.stack((tokens.to(torch.float32), logprobs)).cpu()
-            host_tokens = host[0].long()
-            ids, lps = host_tokens.tolist(), host[1].tolist()
+            host_tokens, lps = to_host(tokens, logprobs)
             cuts = tracker.update(step, host_tokens) if tracker else None
-            last = step == max_new_tokens - 1
             keep = []
-            for row, (token, lp) in enumerate(zip(ids, lps, strict=True)):
-                res = results[batch.requests[row]]
-                if token in self.stop_ids:
-                    res.stop_reason = STOP_EOS
-                    continue
-                res.token_ids.append(token)
-                res.logprobs.append(lp)
-                if cuts and cuts[row]:
-                    del res.token_ids[-cuts[row] :]
-                    del res.logprobs[-cuts[row] :]
-                    res.stop_reason = STOP_REPETITION
-                elif last:
-                    res.stop_reason = STOP_MAX_TOKENS
-                else:
+            for row, (token, lp) in enumerate(zip(host_tokens.tolist(), lps, strict=True)):
+                request = batch.requests[row]
+                last = step == limits[request] - 1
+                cut = cuts[row] if cuts else 0
+                if record_token(results[request], token, lp, cut, last, self.stop_ids):
                     keep.append(row)
             if not keep:
                 break
-            if len(keep) < len(ids):
+            if len(keep) < len(host_tokens):
                 batch.keep(keep)
                 index = torch.tensor(keep)
                 tokens = tokens.index_select(0, index.to(tokens.device))
@@ -228,3 +240,62 @@ class GenerationEngine:
                     tracker.keep(index)
             logits = self.step(batch, tokens)
         return results
+
+
+def token_limits(
+    max_new_tokens: int | Sequence[int], prompt_lengths: Sequence[int], max_positions: int
+) -> list[int]:
+    """Each row's token budget: its own or the shared one, cut to the model's positions left."""
+    if isinstance(max_new_tokens, int):
+        wanted = [max_new_tokens] * len(prompt_lengths)
+    else:
+        wanted = [int(n) for n in max_new_tokens]
+        if len(wanted) != len(prompt_lengths):
+            raise ValueError(f"{len(wanted)} token budgets for {len(prompt_lengths)} prompts")
+    if prompt_lengths and max(prompt_lengths) >= max_positions:
+        raise ValueError(
+            f"prompt of {max(prompt_lengths)} tokens leaves no room in the model's "
+            f"{max_positions} positions"
+        )
+    return [min(n, max_positions - p) for n, p in zip(wanted, prompt_lengths, strict=True)]
+
+
+def select_prompts(
+    embeds: torch.Tensor, lengths: Sequence[int], rows: Sequence[int]
+) -> tuple[torch.Tensor, list[int]]:
+    """The packed embeddings of some of the prompts, in the order of `rows`."""
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    parts = [embeds[starts[r] : starts[r + 1]] for r in rows]
+    return torch.cat(parts), [lengths[r] for r in rows]
+
+
+def to_host(tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """The step's one device->host copy; ids < 2**24 are exact in float32."""
+    host = torch.stack((tokens.to(torch.float32), logprobs)).cpu()
+    return host[0].long(), host[1].tolist()
+
+
+def record_token(
+    res: Generated, token: int, logprob: float, cut: int, last: bool, stop_ids: frozenset[int]
+) -> bool:
+    """Append one chosen token to a row's output; False when the row stops here.
+
+    A stop id ends the row without being kept; `cut` > 0 (the repetition guard fired) drops the
+    looping tail; `last` is the row's final token under its budget.
+    """
+    if token in stop_ids:
+        res.stop_reason = STOP_EOS
+        return False
+    res.token_ids.append(token)
+    res.logprobs.append(logprob)
+    if cut:
+        del res.token_ids[-cut:]
+        del res.logprobs[-cut:]
+        res.stop_reason = STOP_REPETITION
+        return False
+    if last:
+        res.stop_reason = STOP_MAX_TOKENS
+        return False
+    return True

@@ -7,6 +7,7 @@ embeddings -> generation engine -> text with per-token offsets and log-probs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from pipeline.errors import BadArguments, CheckpointError
 from pipeline.model.attention import sdpa_backends
 from pipeline.model.checkpoint import checkpoint_checksum, load_model, locate
 from pipeline.model.config import DEFAULT_PROMPT, AnandaSkyConfig
+from pipeline.model.continuous import ContinuousEngine
 from pipeline.model.decoder import NativeDecoder
 from pipeline.model.devices import activate, dtype_name, inference, resolve_device, resolve_dtype
 from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard, resolve_guard
@@ -26,6 +28,7 @@ from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
 IMPLEMENTATIONS = ("auto", "native", "remote")
+SCHEDULES = ("continuous", "static")
 
 
 def to_recognition(tokenizer: TextTokenizer, generated: Generated) -> Recognition:
@@ -120,17 +123,68 @@ class Recognizer:
         images: list[Image.Image],
         *,
         prompt: str = DEFAULT_PROMPT,
-        max_new_tokens: int = 2048,
+        max_new_tokens: int | Sequence[int] = 2048,
         repetition_guard: bool | RepetitionGuard = True,
+        max_batch: int | None = None,
+        token_budget: int | None = None,
+        schedule: str = "continuous",
     ) -> list[Recognition]:
-        """Transcribe a batch of pages together; results in input order."""
+        """Transcribe pages, at most `max_batch` at a time; results in input order.
+
+        `schedule="continuous"`: a page that stops hands its batch row to the next waiting page
+        at the next step (its image encoded and prompt prefilled then), so the batch stays full
+        while pages remain; `token_budget` caps the KV cache at that many positions in all.
+        `schedule="static"`: the previous way, kept for comparison: batches of `max_batch` pages,
+        each decoded until its longest page stops. Both give every page the tokens it gets alone.
+        `max_new_tokens` may be one number per page.
+        """
+        if schedule not in SCHEDULES:
+            raise BadArguments(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not images:
             return []
         guard = resolve_guard(repetition_guard)
         with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
-            embeds, lengths = self._prompt_embeddings(images, prompt)
-            generated = self.engine.generate(embeds, lengths, max_new_tokens, guard)
+            if schedule == "continuous":
+                generated = self._continuous(
+                    images, prompt, max_new_tokens, guard, max_batch, token_budget
+                )
+            else:
+                generated = self._static(images, prompt, max_new_tokens, guard, max_batch)
         return [self._to_recognition(g) for g in generated]
+
+    def _continuous(self, images, prompt, max_new_tokens, guard, max_batch, token_budget):
+        lengths = [
+            len(self.processor.prompt_ids(self.image_token_count(*im.size), prompt))
+            for im in images
+        ]
+
+        def embed(indices: list[int]) -> torch.Tensor:
+            embeds, got = self._prompt_embeddings([images[i] for i in indices], prompt)
+            if got != [lengths[i] for i in indices]:  # the processor and the plan disagree
+                raise RuntimeError(f"prompt lengths {got} differ from the planned ones")
+            return embeds
+
+        return ContinuousEngine(self.engine).generate(
+            lengths,
+            embed,
+            max_new_tokens,
+            guard,
+            max_batch=max_batch,
+            token_budget=token_budget,
+        )
+
+    def _static(self, images, prompt, max_new_tokens, guard, max_batch):
+        size = max_batch or len(images)
+        limits = (
+            [max_new_tokens] * len(images)
+            if isinstance(max_new_tokens, int)
+            else list(max_new_tokens)
+        )
+        out: list[Generated] = []
+        for start in range(0, len(images), size):
+            embeds, lengths = self._prompt_embeddings(images[start : start + size], prompt)
+            out += self.engine.generate(embeds, lengths, limits[start : start + size], guard)
+        return out
 
     def recognize_with_transformers(
         self,
