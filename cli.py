@@ -119,6 +119,13 @@ def run(
     max_attempts: Annotated[
         int, typer.Option(help="Tries per page before it is marked failed.")
     ] = 3,
+    batch_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a batch may take before its worker is killed and replaced and its "
+            "pages retried (0: 300 + 0.2 per token of --max-new-tokens per page of the batch)."
+        ),
+    ] = 0,
     formats: Annotated[str, typer.Option(help="Comma-separated outputs: alto,txt.")] = "alto,txt",
     loaders: Annotated[
         int,
@@ -156,6 +163,7 @@ def run(
         max_image_pixels=max_image_pixels,
         batch_size=batch_size,
         max_attempts=max_attempts,
+        batch_timeout=batch_timeout,
         formats=_split(formats),
         loaders=loaders,
         quiet=quiet,

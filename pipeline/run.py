@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import queue
 import signal
 import time
@@ -23,7 +24,7 @@ from pipeline.alto import PageMeta, page_confidence
 from pipeline.batching import ReadyPage, ReadyPages
 from pipeline.child_process import prepare_child_process
 from pipeline.device_plan import WorkerSlot, plan_workers
-from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, ExitCode
+from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, DevicesLost, ExitCode
 from pipeline.images import PAGE_SIZE_KEY
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.config import AnandaSkyConfig
@@ -57,6 +58,8 @@ from pipeline.workers import (
 # A device whose worker keeps dying (driver fault, out of memory at load) is given up on.
 MAX_WORKER_RESTARTS = 3
 _POLL_S = 0.05
+# After the first Ctrl-C, batches in flight get this long to finish; a hung one is killed.
+STOP_GRACE_S = 5.0
 
 
 def _image_pixel_budget(model_dir: str, impl: str) -> int | None:
@@ -123,6 +126,7 @@ class Coordinator:
         self.max_pixels = _image_pixel_budget(settings.model_dir, settings.impl)
         self.ctx = mp.get_context("spawn")
         self.stopping = False
+        self.stop_deadline = math.inf
         self.aborting = False
         self.fatal: AnandaSkyError | None = None
         self.progress_stages = StageTimes()
@@ -186,6 +190,9 @@ class Coordinator:
                 self._dispatch(workers, ready, remaining=len(pending) + len(loading) + len(ready))
             outstanding = any(w.outstanding for w in workers.values())
             if not outstanding and (self.stopping or not (pending or loading or ready)):
+                break
+            if time.monotonic() > self.stop_deadline:
+                log.warning("batches in flight did not finish; they stay pending")
                 break
             try:
                 message = results.get(timeout=_POLL_S)
@@ -270,16 +277,23 @@ class Coordinator:
             )
             self.fatal.exit_code = ExitCode(message.exit_code)
         elif isinstance(message, BatchDone):
-            pages = worker.outstanding.pop(message.batch_id, [])
+            pages = worker.finished(message.batch_id)
             stats.busy_s += message.infer_s
             stats.idle_s += message.wait_s
             per_page_s = message.infer_s / max(len(pages), 1)
-            for page, recognition in zip(pages, message.recognitions, strict=False):
+            if len(message.recognitions) != len(pages):
+                # Which answer belongs to which page is unknown: none is recorded, and no page
+                # may stay "running" in a run that ends well.
+                error = f"{len(message.recognitions)} result(s) for a batch of {len(pages)} pages"
+                log.error("batch on %s: %s", worker.slot.label, error)
+                self._retry_or_fail(pages, error, ready, progress)
+                return
+            for page, recognition in zip(pages, message.recognitions, strict=True):
                 self._record_page(page, recognition, worker.slot.label, per_page_s, len(pages))
                 stats.pages += 1
                 progress.page_done()
         elif isinstance(message, BatchFailed):
-            pages = worker.outstanding.pop(message.batch_id, [])
+            pages = worker.finished(message.batch_id)
             log.error("batch on %s failed: %s", worker.slot.label, message.error)
             self._retry_or_fail(pages, message.error, ready, progress)
 
@@ -347,10 +361,15 @@ class Coordinator:
                 self.store.requeue([page.task.page_id])
 
     def _check_workers(self, workers, ready, results, progress) -> None:
+        timeout_s = self.settings.batch_timeout_s
         for worker_id, worker in list(workers.items()):
-            if not worker.dead:
+            if worker.dead:
+                description = worker.exit_description()
+            elif worker.overdue(timeout_s) and not self.stopping:
+                description = f"took longer than --batch-timeout {timeout_s:g} s; killed"
+                worker.kill()
+            else:
                 continue
-            description = worker.exit_description()
             stats = progress.device(worker.slot.label)
             pages = [page for batch in worker.outstanding.values() for page in batch]
             worker.outstanding.clear()
@@ -370,7 +389,7 @@ class Coordinator:
             stats.restarts = replacement.restarts
             workers[worker_id] = replacement
         if not workers and not self.stopping and self.fatal is None:
-            self.fatal = AnandaSkyError(
+            self.fatal = DevicesLost(
                 "every device worker died; see run.log. Unfinished pages stay pending: "
                 "fix the cause and run the same command again"
             )
@@ -404,6 +423,7 @@ class Coordinator:
             max_workers=self.settings.loader_processes,
             mp_context=self.ctx,
             initializer=prepare_child_process,
+            initargs=(os.getpid(),),
         )
 
     def _slot_list(self) -> str:
@@ -415,7 +435,11 @@ class Coordinator:
             log.warning("stopping now; unfinished pages stay pending for the next run")
         else:
             self.stopping = True
-            log.warning("stopping after the pages in flight (Ctrl-C again to stop at once)")
+            self.stop_deadline = time.monotonic() + STOP_GRACE_S
+            log.warning(
+                "stopping after the pages in flight, %g s at most (Ctrl-C again to stop at once)",
+                STOP_GRACE_S,
+            )
 
     def _shutdown(self, pool: ProcessPoolExecutor, workers: dict[int, DeviceWorker]) -> None:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -37,6 +37,7 @@ class RunSettings:
     max_image_pixels: int = IngestSettings.max_image_pixels
     batch_size: int = 8
     max_attempts: int = 3
+    batch_timeout: float = 0  # 0: derived from the token budget (`batch_timeout_s`)
     formats: tuple[str, ...] = OUTPUT_FORMATS
     loaders: int = 0  # 0: chosen from the CPU count (`loader_processes`)
     quiet: bool = False
@@ -55,6 +56,8 @@ class RunSettings:
         for name in ("batch_size", "max_attempts", "dpi", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise BadArguments(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_timeout < 0:
+            raise BadArguments("--batch-timeout must be 0 (automatic) or more seconds")
         if self.rasterizer not in ("pdfium", "poppler"):
             raise BadArguments(f"--rasterizer {self.rasterizer}: use pdfium or poppler")
 
@@ -73,6 +76,18 @@ class RunSettings:
         if self.loaders:
             return self.loaders
         return max(1, min(8, (os.cpu_count() or 1) // 8))
+
+    @property
+    def batch_timeout_s(self) -> float:
+        """A batch taking longer than this means a hung worker (driver stall, deadlock).
+
+        The default is generous: a fixed 300 s (first-batch compilation, a slow device) plus
+        0.2 s for every token each page of a full batch may generate, about an hour for the
+        defaults. A batch that only runs slowly must never be mistaken for a hung one.
+        """
+        if self.batch_timeout:
+            return self.batch_timeout
+        return 300 + 0.2 * self.max_new_tokens * self.batch_size
 
     @property
     def out_path(self) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipeline.child_process import prepare_child_process
+from pipeline.child_process import injected_fault, prepare_child_process
 from pipeline.device_plan import WorkerSlot, pin_to_slot
 from pipeline.records import Recognition
 
@@ -81,9 +81,10 @@ def device_worker_main(
     options: WorkerOptions,
     tasks: mp.Queue,
     results: mp.Queue,
+    parent_pid: int,
 ) -> None:
     """Entry point of a worker process (spawned, so nothing is inherited but the arguments)."""
-    prepare_child_process()
+    prepare_child_process(parent_pid)
     pin_to_slot(slot)
     started = time.perf_counter()
     try:
@@ -93,13 +94,17 @@ def device_worker_main(
             torch.set_num_threads(options.torch_threads)
         from pipeline.model import load_recognizer
 
+        injected_fault("load")
+
         recognizer = load_recognizer(
             options.model_dir, device=slot.torch_device, dtype=options.dtype, impl=options.impl
         )
     except Exception as exc:  # reported to the coordinator, which stops the run
         from pipeline.errors import AnandaSkyError, ExitCode
 
-        code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.BAD_ARGUMENTS
+        # Not an error we anticipated (driver fault, out of memory at load): not the user's
+        # arguments either, so not BAD_ARGUMENTS; the device is as good as lost.
+        code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
         results.put(WorkerFailed(worker_id, slot.label, _describe(exc), int(code)))
         return
     visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
@@ -121,12 +126,15 @@ def device_worker_main(
         batch_id, images = job
         started = time.perf_counter()
         try:
+            fault = injected_fault("batch")
             recognitions = recognizer.recognize(
                 images,
                 prompt=options.prompt,
                 max_new_tokens=options.max_new_tokens,
                 repetition_guard=options.repetition_guard,
             )
+            if fault == "short":
+                recognitions = recognitions[:-1]
         except Exception as exc:  # one bad batch must not take the device down
             results.put(BatchFailed(worker_id, batch_id, _describe(exc)))
             continue
@@ -155,6 +163,8 @@ class DeviceWorker:
     idle_s: float = 0.0
     pages_done: int = 0
     restarts: int = 0
+    # When the batch at the head of the queue started (the worker computes one at a time).
+    busy_since: float | None = None
 
     @classmethod
     def start(
@@ -168,7 +178,7 @@ class DeviceWorker:
         tasks = ctx.Queue()
         process = ctx.Process(
             target=device_worker_main,
-            args=(worker_id, slot, options, tasks, results),
+            args=(worker_id, slot, options, tasks, results, os.getpid()),
             name=f"anandasky-worker-{slot.label}",
             daemon=True,
         )
@@ -176,8 +186,20 @@ class DeviceWorker:
         return cls(worker_id, slot, process, tasks)
 
     def send(self, batch_id: int, pages: list, images: list[Image.Image]) -> None:
+        if not self.outstanding:
+            self.busy_since = time.monotonic()
         self.outstanding[batch_id] = pages
         self.tasks.put((batch_id, images))
+
+    def finished(self, batch_id: int) -> list:
+        """The pages of a batch the worker answered; the next one queued starts now."""
+        pages = self.outstanding.pop(batch_id, [])
+        self.busy_since = time.monotonic() if self.outstanding else None
+        return pages
+
+    def overdue(self, timeout_s: float) -> bool:
+        """The batch being computed has taken longer than `timeout_s`: the worker is hung."""
+        return self.busy_since is not None and time.monotonic() - self.busy_since > timeout_s
 
     @property
     def dead(self) -> bool:
@@ -192,9 +214,9 @@ class DeviceWorker:
                 return f"killed by signal {-code}"
         return f"exited with code {code}"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to finish; kill it if it does not."""
-        if self.process.exitcode is None:
+    def stop(self, timeout: float = 3.0) -> None:
+        """Ask an idle worker to finish; kill it if it does not (or if it still computes)."""
+        if self.process.exitcode is None and not self.outstanding:
             with contextlib.suppress(OSError, ValueError):
                 self.tasks.put(None)
             self.process.join(timeout)

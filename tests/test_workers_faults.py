@@ -1,0 +1,206 @@
+"""Device workers that hang, die, answer short or cannot load, through the real CLI.
+
+Faults are injected with the test-only ANANDASKY_TEST_FAULT variable (pipeline/child_process.py
+`injected_fault`), read by the real worker processes; everything else is the real run: real
+model workers on the tiny checkpoint, real SQLite, real pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.child_process import FAULT_VARIABLE
+from pipeline.errors import ExitCode
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = ("handwriting/btv1b84473026_f10.jpg", "vertical/jp_vert.jpg", "vertical/ndl_3508165_9.jpg")
+OPTIONS = ["--device", "cpu", "--max-new-tokens", "4", "--batch-size", "2", "--loaders", "1"]
+
+
+@pytest.fixture
+def scans(tmp_path, testdata) -> Path:
+    root = tmp_path / "scans"
+    for relpath in PAGES:
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(testdata / "pages" / relpath, target)
+    return root
+
+
+def run_args(scans: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    run = [sys.executable, "-m", "cli", "run", str(scans), "--out", str(out)]
+    return [*run, "--model", str(model), *OPTIONS, "--quiet", *extra]
+
+
+def fault_env(fault: str) -> dict[str, str]:
+    return {**os.environ, FAULT_VARIABLE: fault}
+
+
+def run_cli(args: list[str], fault: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = fault_env(fault) if fault else None
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=300, cwd=REPO, env=env, **kwargs
+    )
+
+
+def start_cli(args: list[str], fault: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=fault_env(fault),
+        start_new_session=True,
+    )
+
+
+def page_states(out: Path) -> dict[str, int]:
+    """Pages per state, read-only (never creates the store); {} while there is none yet."""
+    uri = (out / ".anandasky" / "jobs.sqlite").as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM pages GROUP BY state").fetchall()
+    except sqlite3.OperationalError:  # not created yet, or its tables not yet
+        return {}
+    return dict(rows)
+
+
+def ready_worker_pids(out: Path) -> list[int]:
+    log = out / "run.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [int(pid) for pid in re.findall(r"ready on \S+ \(pid (\d+)", text)]
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"run ended early: {process.communicate()}")
+        time.sleep(0.1)
+    pytest.fail("condition not reached in time")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose (its parent, the test process, is not reaping it).
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
+
+
+def test_a_hung_batch_is_killed_after_the_batch_timeout_and_its_pages_retried(
+    tmp_path, scans, tiny_model_dir
+):
+    out = tmp_path / "out"
+    marker = tmp_path / "hung-once"
+    args = run_args(scans, out, tiny_model_dir, "--batch-timeout", "3")
+    result = run_cli(args, fault=f"batch:hang:{marker}")
+    assert marker.exists()  # the fault did fire
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert page_states(out) == {"done": len(PAGES)}
+    log = (out / "run.log").read_text()
+    assert "took longer than --batch-timeout 3 s; killed" in log
+    assert len(set(ready_worker_pids(out))) == 2  # the hung worker was replaced
+
+
+def test_first_ctrl_c_does_not_wait_for_a_hung_worker(tmp_path, scans, tiny_model_dir):
+    out = tmp_path / "out"
+    process = start_cli(run_args(scans, out, tiny_model_dir), fault="batch:hang")
+    try:
+        wait_for(lambda: page_states(out).get("running", 0) > 0, process)
+        pid = ready_worker_pids(out)[0]
+        asked = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+        waited = time.monotonic() - asked
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == ExitCode.INTERRUPTED
+    assert waited < 15, f"first Ctrl-C waited {waited:.1f} s on a hung worker"
+    assert page_states(out) == {"pending": len(PAGES)}  # nothing counted against the pages
+    assert not alive(pid)
+
+
+def test_a_batch_answered_for_fewer_pages_is_retried_not_left_running(
+    tmp_path, scans, tiny_model_dir
+):
+    out = tmp_path / "out"
+    marker = tmp_path / "short-once"
+    result = run_cli(run_args(scans, out, tiny_model_dir), fault=f"batch:short:{marker}")
+    assert marker.exists()
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert page_states(out) == {"done": len(PAGES)}
+    assert "1 result(s) for a batch of 2 pages" in (out / "run.log").read_text()
+
+
+def test_a_model_load_failure_that_is_no_usage_error_exits_devices_lost(
+    tmp_path, scans, tiny_model_dir
+):
+    out = tmp_path / "out"
+    result = run_cli(run_args(scans, out, tiny_model_dir), fault="load:error")
+    assert result.returncode == ExitCode.DEVICES_LOST, result.stderr
+    assert "could not load the model: RuntimeError" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert page_states(out) == {"pending": len(PAGES)}
+
+
+def test_workers_killed_from_outside_exit_devices_lost_with_pages_pending(
+    tmp_path, scans, tiny_model_dir
+):
+    out = tmp_path / "out"
+    # Workers hang on their batch so no page finishes; the test kills each one once it is ready.
+    args = run_args(scans, out, tiny_model_dir, "--max-attempts", "100")
+    process = start_cli(args, fault="batch:hang")
+    killed: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            for pid in set(ready_worker_pids(out)) - killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.1)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == ExitCode.DEVICES_LOST, stderr
+    assert "every device worker died" in stderr
+    assert len(killed) == 4  # the first worker and its three replacements
+    assert set(page_states(out)) <= {"pending"}
+
+
+def test_killing_the_coordinator_kills_its_workers(tmp_path, scans, tiny_model_dir):
+    out = tmp_path / "out"
+    process = start_cli(run_args(scans, out, tiny_model_dir), fault="batch:hang")
+    try:
+        wait_for(lambda: ready_worker_pids(out), process)
+        worker = ready_worker_pids(out)[0]
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
