@@ -10,7 +10,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from pipeline.errors import AnandaSkyError, ExitCode
@@ -137,6 +136,27 @@ def run(
     new_config: Annotated[
         bool, typer.Option(help="Redo everything in OUT under new settings.")
     ] = False,
+    recover_store: Annotated[
+        bool,
+        typer.Option(
+            help="If OUT's job store is damaged, keep it aside and rebuild it (pages are redone)."
+        ),
+    ] = False,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only files whose path under their input matches this glob (repeatable; "
+            "`*` crosses folders; a glob without `/` also matches the bare file name)."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out files matching this glob (repeatable; as --include)."),
+    ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(help="Forget documents whose input file is gone, with their outputs."),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
@@ -168,6 +188,10 @@ def run(
         loaders=loaders,
         quiet=quiet,
         new_config=new_config,
+        recover_store=recover_store,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        prune=prune,
     )
     return run_collection(settings)
 
@@ -247,6 +271,52 @@ def export(
     )
     print(report.summary())
     return report.exit_code
+
+
+@app.command()
+def evaluate(
+    out: Annotated[
+        Path | None, typer.Argument(help="Output folder of a run (finished or not).")
+    ] = None,
+    gt: Annotated[
+        Path, typer.Option("--gt", help="Ground-truth file or folder (ALTO, PAGE, hOCR, text).")
+    ] = ...,
+    pred: Annotated[
+        Path | None,
+        typer.Option(help="Compare these prediction files or folder instead of a run's OUT."),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--map", help="CSV `gt,document,page` for GT files named otherwise."),
+    ] = None,
+    normalize: Annotated[
+        str, typer.Option(help="Comma-separated: case,whitespace,punctuation,historic.")
+    ] = "",
+    iou: Annotated[float, typer.Option(help="IoU for a detected line to count.")] = 0.5,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of the table.")
+    ] = False,
+    json_file: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the HTML report here.")] = None,
+    thumbnails: Annotated[
+        bool, typer.Option(help="Page thumbnails in the HTML report (from the run's sources).")
+    ] = True,
+) -> int:
+    """CER and WER against ground truth per page, document and collection (docs/EVALUATE.md)."""
+    from pipeline.evaluate.command import run_evaluate
+
+    return run_evaluate(
+        out,
+        gt=gt,
+        pred=pred,
+        mapping=mapping,
+        normalize=normalize,
+        iou=iou,
+        as_json=json_output,
+        json_file=json_file,
+        html_file=html,
+        thumbnails=thumbnails,
+    )
 
 
 @app.command()
@@ -331,21 +401,63 @@ def make_test_model(
     return ExitCode.OK
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        print(f"anandasky-batch {__version__}")
+        raise typer.Exit(int(ExitCode.OK))
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Options that apply before any command (only --version); the help text is the app's.
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: every AnandaSkyError becomes its one-line message and exit code."""
+    """Console entry point: every outcome becomes one line on stderr and a documented exit code.
+
+    Usage errors are typer's own one-line message (exit 2); an `AnandaSkyError` is its message and
+    its code; anything unforeseen is an internal error (exit 15) whose traceback goes to the run
+    log (or a file in the temp folder), never to the terminal.
+    """
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="anandasky-batch", standalone_mode=False)
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
         code = ExitCode.INTERRUPTED
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # usage errors: missing/unknown options, bad values
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"anandasky-batch: error: {exc}", file=sys.stderr)
         code = ExitCode.BAD_ARGUMENTS
     except AnandaSkyError as exc:
         print(f"anandasky-batch: error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = ExitCode.INTERRUPTED
+    except Exception as exc:
+        from pipeline.crash import record_internal_error
+
+        where = record_internal_error(exc)
+        print(
+            f"anandasky-batch: internal error ({type(exc).__name__}: {exc}). This is a bug; "
+            f"the traceback is in {where}. Please report it with that file.",
+            file=sys.stderr,
+        )
+        code = ExitCode.INTERNAL_ERROR
     sys.exit(int(code or 0))
 
 

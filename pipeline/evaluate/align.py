@@ -1,0 +1,75 @@
+"""Edit counts between two sequences: substitutions, insertions and deletions, separately.
+
+rapidfuzz computes the Levenshtein alignment in C++. Sequences of grapheme clusters are passed
+as strings when every cluster is a single code point (most text), which rapidfuzz compares
+fastest; otherwise as lists of clusters, so a cluster is still one symbol.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from rapidfuzz.distance import Levenshtein
+
+
+@dataclass(frozen=True)
+class Edits:
+    substitutions: int = 0
+    insertions: int = 0  # in the prediction, not in the ground truth
+    deletions: int = 0  # in the ground truth, missing from the prediction
+
+    @property
+    def total(self) -> int:
+        return self.substitutions + self.insertions + self.deletions
+
+    def __add__(self, other: Edits) -> Edits:
+        return Edits(
+            self.substitutions + other.substitutions,
+            self.insertions + other.insertions,
+            self.deletions + other.deletions,
+        )
+
+
+def _as_sequences(gt: list[str], pred: list[str]) -> tuple:
+    if all(len(c) == 1 for c in gt) and all(len(c) == 1 for c in pred):
+        return "".join(gt), "".join(pred)
+    return gt, pred
+
+
+def count_edits(gt: list[str], pred: list[str], confusions: Counter | None = None) -> Edits:
+    """The edits of one optimal alignment; `confusions` (if given) gains (gt, pred) pairs,
+    with "" for the missing side of an insertion or deletion."""
+    if gt == pred:
+        return Edits()
+    if not gt or not pred:
+        if confusions is not None:
+            confusions.update((g, "") for g in gt)
+            confusions.update(("", p) for p in pred)
+        return Edits(0, len(pred), len(gt))
+    a, b = _as_sequences(gt, pred)
+    subs = ins = dels = 0
+    for op in Levenshtein.editops(a, b):
+        tag = op.tag
+        if tag == "replace":
+            subs += 1
+            pair = (gt[op.src_pos], pred[op.dest_pos])
+        elif tag == "insert":
+            ins += 1
+            pair = ("", pred[op.dest_pos])
+        else:
+            dels += 1
+            pair = (gt[op.src_pos], "")
+        if confusions is not None:
+            confusions[pair] += 1
+    return Edits(subs, ins, dels)
+
+
+def opcodes(gt: list[str], pred: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """(tag, gt_start, gt_end, pred_start, pred_end) blocks for a side-by-side diff."""
+    if not gt or not pred:
+        if not gt and not pred:
+            return []
+        return [("insert" if pred else "delete", 0, len(gt), 0, len(pred))]
+    a, b = _as_sequences(gt, pred)
+    return [tuple(op) for op in Levenshtein.opcodes(a, b)]

@@ -1,0 +1,123 @@
+"""Text as it is counted: Unicode NFC, then grapheme clusters (characters) and words.
+
+Grapheme clusters and words are Unicode's own segmentations (UAX #29) through the `regex`
+module: `\\X` for extended grapheme clusters, `(?w)\\b` for default word boundaries. So a
+combining accent, a CJK ideograph or an emoji with skin-tone modifier counts once, and CJK text
+has words without spaces. Words made only of whitespace, punctuation, symbols or marks are not
+words (the definition dinglehopper uses), so WER does not depend on punctuation spacing.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import regex
+
+from pipeline.errors import BadArguments
+
+NORMALIZATIONS = ("case", "whitespace", "punctuation", "historic")
+_GRAPHEME = regex.compile(r"\X")
+_WORD_BOUNDARY = regex.compile(r"(?wV1)\b")
+_SPACE_RUN = regex.compile(r"[^\S\n]+")
+_ANY_SPACE_RUN = regex.compile(r"\s+")
+_PUNCTUATION = regex.compile(r"\p{P}+")
+_NOT_WORD_CATEGORIES = frozenset("OMPZS")
+_NOT_WORD_SUBCATEGORIES = frozenset(("Cc", "Cf"))
+
+# Historic letter forms and ligatures read as their modern letters (the `historic` option):
+# ligatures unjoined and long s, r rotunda, etc. mapped, in the spirit of dinglehopper's
+# NFC_SBB normalisation, so a model is not penalised for a transcription guideline.
+HISTORIC = {
+    "ſ": "s",  # long s
+    "ꝛ": "r",  # r rotunda
+    "ꝰ": "us",
+    "ﬀ": "ff",
+    "ﬁ": "fi",
+    "ﬂ": "fl",
+    "ﬃ": "ffi",
+    "ﬄ": "ffl",
+    "ﬅ": "st",
+    "ﬆ": "st",
+    "Ꜳ": "AA",
+    "ꜳ": "aa",
+    "Æ": "AE",
+    "æ": "ae",
+    "Œ": "OE",
+    "œ": "oe",
+    "ꝑ": "per",
+    "ẜ": "s",
+    "ẝ": "s",
+    "ĳ": "ij",
+    "\u2014": "\u2013",  # em dash -> en dash
+    "\u2e17": "-",  # double oblique hyphen
+    "\u2e1a": "-",
+    "\u00ad": "",  # soft hyphen
+    "\u0364": "\u0308",  # combining latin small e above -> diaeresis (a-umlaut variants)
+    "\u2019": "'",
+    "\u2018": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": '"',
+}
+_HISTORIC_TABLE = {ord(k): v for k, v in HISTORIC.items() if len(k) == 1}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The normalisations applied to both sides before counting; NFC is always applied.
+
+    Without options the text is compared as read, except that each line is stripped and runs of
+    spaces and tabs inside it count as one space (writers differ there, readers do not).
+    """
+
+    case: bool = False
+    whitespace: bool = False  # every run of whitespace, line breaks included, is one space
+    punctuation: bool = False  # Unicode punctuation (category P) removed
+    historic: bool = False  # ligatures unjoined, long s and other historic forms mapped
+
+    @classmethod
+    def parse(cls, value: str | None) -> Normalization:
+        names = [n.strip() for n in (value or "").split(",") if n.strip()]
+        unknown = [n for n in names if n not in NORMALIZATIONS]
+        if unknown:
+            raise BadArguments(
+                f"--normalize {','.join(unknown)}: unknown; choose from {','.join(NORMALIZATIONS)}"
+            )
+        return cls(**{n: True for n in names})
+
+    @property
+    def names(self) -> list[str]:
+        """The options in effect, as the report states them ("nfc" first, always)."""
+        return ["nfc", *(n for n in NORMALIZATIONS if getattr(self, n))]
+
+    def apply(self, text: str) -> str:
+        text = unicodedata.normalize("NFC", text)
+        if self.historic:
+            text = unicodedata.normalize("NFC", text.translate(_HISTORIC_TABLE))
+        if self.case:
+            text = unicodedata.normalize("NFC", text.casefold())
+        if self.punctuation:
+            text = _PUNCTUATION.sub("", text)
+        if self.whitespace:
+            return _ANY_SPACE_RUN.sub(" ", text).strip()
+        lines = (_SPACE_RUN.sub(" ", line).strip() for line in text.split("\n"))
+        return "\n".join(line for line in lines if line)
+
+
+def graphemes(text: str) -> list[str]:
+    """Extended grapheme clusters: what a reader counts as one character."""
+    return _GRAPHEME.findall(text)
+
+
+def _is_word(segment: str) -> bool:
+    for ch in segment:
+        category = unicodedata.category(ch)
+        if category[0] not in _NOT_WORD_CATEGORIES and category not in _NOT_WORD_SUBCATEGORIES:
+            return True
+    return False
+
+
+def words(text: str) -> list[str]:
+    """UAX #29 words, without the segments that hold no letter, digit or similar."""
+    return [w for w in _WORD_BOUNDARY.split(text) if w and _is_word(w)]
