@@ -8,8 +8,10 @@ model workers on the tiny checkpoint, real SQLite, real pages.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.child_process import FAULT_VARIABLE
+from pipeline.child_process import FAULT_VARIABLE, prepare_child_process
 from pipeline.errors import ExitCode
 
 pytestmark = pytest.mark.slow
@@ -204,3 +206,47 @@ def test_killing_the_coordinator_kills_its_workers(tmp_path, scans, tiny_model_d
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _can_unshare_pid() -> str | None:
+    """Why a pid-namespace run cannot be tried here, or None when it can."""
+    if shutil.which("unshare") is None:
+        return "needs util-linux unshare"
+    if os.geteuid() != 0:
+        return "needs root to create a pid namespace (CI runs as root)"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], check=False)
+    return None if probe.returncode == 0 else "unshare --pid is not permitted here"
+
+
+def test_a_run_whose_coordinator_is_pid_1_completes(tmp_path, scans, tiny_model_dir):
+    """As in a container without init: the children must not take pid 1 for a dead parent."""
+    reason = _can_unshare_pid()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    args = ["unshare", "--pid", "--fork", "--mount-proc", *run_args(scans, out, tiny_model_dir)]
+    result = run_cli([*args, "--workers", "2"])
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert page_states(out) == {"done": len(PAGES)}
+    assert "crashed" not in (out / "run.log").read_text()
+    assert re.findall(r"ready on \S+ \(pid (\d+)", (out / "run.log").read_text())
+
+
+def _stay_alive_as_child(parent_pid: int) -> None:
+    prepare_child_process(parent_pid)
+    time.sleep(30)
+
+
+def test_a_child_whose_parent_is_already_gone_exits_at_once():
+    """The parent pid each child compares with is the one it was given, whatever its value."""
+    ctx = multiprocessing.get_context("spawn")
+    orphan = ctx.Process(target=_stay_alive_as_child, args=(os.getpid() + 1_000_000,))
+    orphan.start()
+    orphan.join(30)
+    assert orphan.exitcode == 1
+    child = ctx.Process(target=_stay_alive_as_child, args=(os.getpid(),))
+    child.start()
+    child.join(3)
+    assert child.exitcode is None  # its parent is alive: it stays
+    child.kill()
+    child.join(5)
