@@ -1,0 +1,238 @@
+"""Continuous batching: every page gets the tokens it gets alone, and the batch stays full."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from pipeline.errors import BadArguments
+from pipeline.model import load_recognizer
+from pipeline.model.continuous import plan_slots
+from pipeline.model.generation import (
+    STOP_EOS,
+    STOP_MAX_TOKENS,
+    STOP_REPETITION,
+    GenerationEngine,
+    RepetitionGuard,
+    _RepetitionTracker,
+)
+from pipeline.model.kv_slots import SlotCache
+from pipeline.model.scheduler import Scheduler
+from pipeline.model.sequence import Sequence
+from pipeline.model.slot_guard import SlotRepetitionTracker
+
+pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]
+
+GUARD = RepetitionGuard(max_period=8, min_repeats=3, min_span=24)
+BUDGETS = [4, 70, 13, 1, 90, 25, 9, 50, 0, 33]  # one per page: a mix of lengths, one empty
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_model_dir: Path):
+    return load_recognizer(tiny_model_dir, device="cpu")
+
+
+def pages(count: int, seed: int) -> list[Image.Image]:
+    """Pages of different sizes (so prompts differ in length) with some text on them."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(count):
+        w, h = rnd.randint(40, 400), rnd.randint(40, 600)
+        image = Image.new("RGB", (w, h), (250, 248, 240))
+        draw = ImageDraw.Draw(image)
+        for j in range(3):
+            draw.text((rnd.randint(0, w - 10), rnd.randint(0, h - 10)), f"no {i}.{j}", fill=0)
+        out.append(image)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed(recognizer):
+    """Pages, budgets and a stop id under which the pages, each decoded alone, stop for every
+    reason there is: their stop id, their token budget, the repetition guard."""
+    images = pages(len(BUDGETS), seed=11)
+    free = [
+        recognizer.recognize([im], max_new_tokens=[n], repetition_guard=GUARD, schedule="static")[0]
+        for im, n in zip(images, BUDGETS, strict=True)
+    ]
+    ids = [recognizer.tokenizer.encode(r.text) for r in free]
+    # A token the page with budget 50 writes a few steps in, that most other pages never write.
+    counts = Counter(t for row in ids for t in set(row))
+    stop = min(ids[7][3:], key=lambda t: counts[t])
+    return images, stop
+
+
+def alone(recognizer, images, stop_ids, **kwargs):
+    saved = recognizer.engine
+    recognizer.engine = GenerationEngine(saved.decoder, stop_ids)
+    try:
+        return [
+            recognizer.recognize([im], max_new_tokens=[n], schedule="static", **kwargs)[0]
+            for im, n in zip(images, BUDGETS, strict=True)
+        ]
+    finally:
+        recognizer.engine = saved
+
+
+def batched(recognizer, images, stop_ids, **kwargs):
+    saved = recognizer.engine
+    recognizer.engine = GenerationEngine(saved.decoder, stop_ids)
+    try:
+        return recognizer.recognize(images, max_new_tokens=BUDGETS, **kwargs)
+    finally:
+        recognizer.engine = saved
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 4, 16])
+def test_each_page_gets_the_tokens_it_gets_alone_whatever_stops_it(
+    recognizer, mixed, max_batch, monkeypatch
+) -> None:
+    monkeypatch.setattr(SlotCache, "GROW_BY", 7)  # make the cache grow several times mid-run
+    images, stop = mixed
+    reference = alone(recognizer, images, [stop], repetition_guard=GUARD)
+    reasons = Counter(r.stop_reason for r in reference)
+    assert {STOP_EOS, STOP_MAX_TOKENS, STOP_REPETITION} <= set(reasons), reasons
+    got = batched(recognizer, images, [stop], repetition_guard=GUARD, max_batch=max_batch)
+    for page, (want, have) in enumerate(zip(reference, got, strict=True)):
+        assert have.text == want.text and have.token_ends == want.token_ends, page
+        assert have.stop_reason == want.stop_reason, page
+        assert have.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-4)
+
+
+def test_static_schedule_gives_the_same_pages(recognizer, mixed) -> None:
+    images, stop = mixed
+    cont = batched(recognizer, images, [stop], repetition_guard=GUARD, max_batch=3)
+    static = batched(
+        recognizer, images, [stop], repetition_guard=GUARD, max_batch=3, schedule="static"
+    )
+    assert [(r.text, r.stop_reason) for r in cont] == [(r.text, r.stop_reason) for r in static]
+
+
+class StepLog:
+    """Rows of every decode step and the moments pages were prefilled (wrapped, not replaced)."""
+
+    def __init__(self, recognizer, monkeypatch) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.cache_ptrs: list[tuple[int, int]] = []
+        engine, dec = recognizer.engine, recognizer.engine.decoder
+        step, prefill = engine.forward_step, dec.prefill
+
+        def logged_step(cache, positions, longest, uniform, tokens):
+            self.events.append(("step", int(tokens.shape[0])))
+            self.cache_ptrs.append((cache.k.data_ptr(), cache.k.untyped_storage().data_ptr()))
+            return step(cache, positions, longest, uniform, tokens)
+
+        def logged_prefill(embeds, lengths, cache, rows=None):
+            self.events.append(("prefill", len(lengths)))
+            return prefill(embeds, lengths, cache, rows=rows)
+
+        monkeypatch.setattr(engine, "forward_step", logged_step)
+        monkeypatch.setattr(dec, "prefill", logged_prefill)
+
+    def steps(self) -> list[int]:
+        return [n for kind, n in self.events if kind == "step"]
+
+
+def test_the_batch_stays_full_while_pages_remain(recognizer, monkeypatch) -> None:
+    images = pages(9, seed=12)
+    budgets = [3, 40, 5, 22, 8, 30, 2, 17, 11]
+    log = StepLog(recognizer, monkeypatch)
+    recognizer.recognize(images, max_new_tokens=budgets, repetition_guard=False, max_batch=3)
+    last_prefill = max(i for i, (kind, _) in enumerate(log.events) if kind == "prefill")
+    before = [n for kind, n in log.events[:last_prefill] if kind == "step"]
+    assert before and set(before) == {3}  # full until the queue is empty
+    assert sum(n for kind, n in log.events if kind == "prefill") == 9  # each page prefilled once
+    # Every token but each page's last is fed back once: the steps' rows add up exactly.
+    assert sum(log.steps()) == sum(n - 1 for n in budgets)
+    continuous_steps = len(log.steps())
+    log.events.clear()
+    recognizer.recognize(
+        images, max_new_tokens=budgets, repetition_guard=False, max_batch=3, schedule="static"
+    )
+    assert continuous_steps < len(log.steps())  # static waits for each batch's longest page
+
+
+def test_steps_read_the_preallocated_cache_in_place(recognizer, monkeypatch) -> None:
+    images = pages(6, seed=13)
+    log = StepLog(recognizer, monkeypatch)
+    # Small budgets: the first allocation already holds the longest page, so nothing grows.
+    recognizer.recognize(images, max_new_tokens=6, repetition_guard=False, max_batch=2)
+    storages = {storage for _, storage in log.cache_ptrs}
+    assert len(log.cache_ptrs) > 5 and len(storages) == 1  # one buffer, views of it, no copies
+    assert {ptr for ptr, _ in log.cache_ptrs} == storages  # views start at row 0: no offset
+
+
+def test_token_budget_bounds_the_rows_of_the_batch(recognizer, monkeypatch) -> None:
+    images = pages(5, seed=14)
+    lengths = [
+        len(recognizer.processor.prompt_ids(recognizer.image_token_count(*im.size), "x"))
+        for im in images
+    ]
+    reserved = max(lengths) + 10
+    log = StepLog(recognizer, monkeypatch)
+    recognizer.recognize(
+        images, prompt="x", max_new_tokens=10, repetition_guard=False, token_budget=2 * reserved
+    )
+    assert max(log.steps()) == 2
+    with pytest.raises(BadArguments, match="token-budget"):
+        recognizer.recognize(images, prompt="x", max_new_tokens=10, token_budget=reserved - 1)
+
+
+def test_plan_slots() -> None:
+    assert plan_slots(100, 10, None, None) == 10
+    assert plan_slots(100, 10, 4, None) == 4
+    assert plan_slots(100, 10, 4, 250) == 2
+    assert plan_slots(100, 3, 64, 10_000) == 3
+    with pytest.raises(BadArguments, match="max-batch"):
+        plan_slots(100, 3, 0, None)
+
+
+def _seqs(n: int) -> list[Sequence]:
+    return [Sequence(i, prompt_len=5, max_new_tokens=5) for i in range(n)]
+
+
+def test_scheduler_gives_free_rows_to_waiting_pages_then_closes_gaps() -> None:
+    seqs = _seqs(6)
+    sched = Scheduler(seqs, slots=3)
+    admitted, moves = sched.refill([])
+    assert [s.index for s in admitted] == [0, 1, 2] and moves == []
+    admitted, moves = sched.refill([0, 2])
+    assert [(s.index, s.row) for s in admitted] == [(3, 0), (4, 2)] and moves == []
+    admitted, moves = sched.refill([1, 2])  # one waiting page for two free rows
+    assert [(s.index, s.row) for s in admitted] == [(5, 1)] and moves == []
+    assert [s.index for s in sched.running] == [3, 5]
+    admitted, moves = sched.refill([0])  # queue empty: the last row moves into the gap
+    assert admitted == [] and moves == [(1, 0)]
+    assert [(s.index, s.row) for s in sched.running] == [(5, 0)]
+    sched.refill([0])
+    assert sched.done
+
+
+def test_slot_tracker_matches_the_static_tracker_row_by_row() -> None:
+    """Rows at different steps, reset and moved, each agree with a tracker of its own."""
+    guard = RepetitionGuard(max_period=4, min_repeats=3, min_span=6)
+    rnd = random.Random(3)
+    streams = [[rnd.randrange(4) for _ in range(60)] for _ in range(3)]
+    streams[1][20:] = [7, 8] * 20  # a loop in the middle of one stream
+    solo = [_RepetitionTracker(guard, rows=1, max_steps=60) for _ in streams]
+    slots = SlotRepetitionTracker(guard, slots=4, max_steps=60)
+    slots.reset([3])
+    rows, offsets = [3, 1, 2], [0, 5, 9]  # stream i sits in rows[i], starting late by offsets[i]
+    for t in range(70):
+        active = [i for i in range(3) if 0 <= t - offsets[i] < 60]
+        if t == 30:  # stream 0 moves from row 3 to row 0
+            slots.move(3, 0)
+            rows[0] = 0
+        if not active:
+            continue
+        steps = [t - offsets[i] for i in active]
+        tokens = torch.tensor([streams[i][s] for i, s in zip(active, steps, strict=True)])
+        got = slots.update([rows[i] for i in active], steps, tokens)
+        for i, s, cut in zip(active, steps, got, strict=True):
+            (want,) = solo[i].update(s, torch.tensor([streams[i][s]]))
+            assert cut == want, (i, s)
