@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.child_process import injected_fault
 from pipeline.errors import DocumentError, InputError, PageError
 
 WHITE = (255, 255, 255)
@@ -191,11 +192,16 @@ def load_image_page(
             full_size = image.size
             if max_pixels is not None:
                 _decode_smaller(image, max_pixels)
+            injected_fault("decode")  # test-only; see pipeline/child_process.py
             image.load()
             orientation = _orientation(image)  # after load: Pillow rotates TIFFs itself there
             page = to_rgb(image)
         except InputError:
             raise
+        except MemoryError as err:
+            # Not the file's fault: the page is retried (page_loader), never called corrupt.
+            width, height = image.size
+            raise MemoryError(f"not enough memory to decode {width}x{height} px") from err
         except Exception as err:
             raise _decode_error(err, fmt, kind) from err
     if page.size != full_size and page.size[::-1] == full_size:

@@ -26,9 +26,21 @@ class LoadedImage:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A page or document that cannot be read: `message` is the one-line reason."""
+    """A page or document that cannot be read: `message` is the one-line reason.
+
+    `retry`: the failure is not the file's (out of memory while decoding): the page counts an
+    attempt and is tried again, instead of failing for good.
+    """
 
     message: str
+    retry: bool = False
+
+
+def _memory_failure(exc: MemoryError) -> LoadFailure:
+    message = str(exc)
+    if not message.startswith("not enough memory"):
+        message = "not enough memory to decode this page"
+    return LoadFailure(f"{message}; other pages or processes need less memory later", retry=True)
 
 
 def load_page_image(
@@ -37,11 +49,13 @@ def load_page_image(
     started = time.perf_counter()
     try:
         image = load_page(Path(path), page_index, settings, max_pixels=max_pixels)
+        image.load()
     except InputError as exc:
         return LoadFailure(str(exc))
+    except MemoryError as exc:
+        return _memory_failure(exc)
     except Exception as exc:  # a decoder bug on hostile input is still just a bad page
         return LoadFailure(f"unreadable page ({type(exc).__name__}: {exc})")
-    image.load()
     return LoadedImage(image, time.perf_counter() - started)
 
 

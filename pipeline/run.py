@@ -211,25 +211,19 @@ class Coordinator:
                 result = future.result()
             except BrokenProcessPool:
                 broken = True
+                result = LoadFailure("a page loader process died while reading this page", True)
+            if isinstance(result, LoadFailure):
+                log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
                 state = self.store.record_failure(
                     task.page_id,
-                    "a page loader process died while reading this page",
+                    result.message,
                     max_attempts=self.settings.max_attempts,
+                    fatal=not result.retry,  # out of memory, a dead loader: not the file's fault
                 )
                 if state == "pending":
                     pending.appendleft(task)
                 else:
                     progress.page_failed()
-                continue
-            if isinstance(result, LoadFailure):
-                log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
-                self.store.record_failure(
-                    task.page_id,
-                    result.message,
-                    max_attempts=self.settings.max_attempts,
-                    fatal=True,
-                )
-                progress.page_failed()
             else:
                 ready.add(ReadyPage(task, result.image, result.load_s))
         if broken:
