@@ -8,6 +8,7 @@ fastest; otherwise as lists of clusters, so a cluster is still one symbol.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
@@ -31,23 +32,25 @@ class Edits:
         )
 
 
-def _as_sequences(gt: list[str], pred: list[str]) -> tuple:
+def _as_sequences(gt: Sequence[str], pred: Sequence[str]) -> tuple:
+    if isinstance(gt, str) and isinstance(pred, str):
+        return gt, pred
     if all(len(c) == 1 for c in gt) and all(len(c) == 1 for c in pred):
         return "".join(gt), "".join(pred)
-    return gt, pred
+    return list(gt), list(pred)
 
 
-def count_edits(gt: list[str], pred: list[str], confusions: Counter | None = None) -> Edits:
+def count_edits(gt: Sequence[str], pred: Sequence[str], confusions: Counter | None = None) -> Edits:
     """The edits of one optimal alignment; `confusions` (if given) gains (gt, pred) pairs,
     with "" for the missing side of an insertion or deletion."""
-    if gt == pred:
-        return Edits()
     if not gt or not pred:
         if confusions is not None:
             confusions.update((g, "") for g in gt)
             confusions.update(("", p) for p in pred)
         return Edits(0, len(pred), len(gt))
     a, b = _as_sequences(gt, pred)
+    if a == b:
+        return Edits()
     subs = ins = dels = 0
     for op in Levenshtein.editops(a, b):
         tag = op.tag
@@ -65,7 +68,7 @@ def count_edits(gt: list[str], pred: list[str], confusions: Counter | None = Non
     return Edits(subs, ins, dels)
 
 
-def opcodes(gt: list[str], pred: list[str]) -> list[tuple[str, int, int, int, int]]:
+def opcodes(gt: Sequence[str], pred: Sequence[str]) -> list[tuple[str, int, int, int, int]]:
     """(tag, gt_start, gt_end, pred_start, pred_end) blocks for a side-by-side diff."""
     if not gt or not pred:
         if not gt and not pred:

@@ -10,6 +10,7 @@ words (the definition dinglehopper uses), so WER does not depend on punctuation 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
@@ -18,6 +19,9 @@ from pipeline.errors import BadArguments
 
 NORMALIZATIONS = ("case", "whitespace", "punctuation", "historic")
 _GRAPHEME = regex.compile(r"\X")
+# A code point outside these Grapheme_Cluster_Break classes can join its neighbour; text without
+# one is a sequence of one-code-point clusters (checked for every code point in the tests).
+_JOINS = regex.compile(r"[^\p{GCB=Other}\p{GCB=Control}\p{GCB=LF}]")
 _WORD_BOUNDARY = regex.compile(r"(?wV1)\b")
 _SPACE_RUN = regex.compile(r"[^\S\n]+")
 _ANY_SPACE_RUN = regex.compile(r"\s+")
@@ -105,9 +109,12 @@ class Normalization:
         return "\n".join(line for line in lines if line)
 
 
-def graphemes(text: str) -> list[str]:
-    """Extended grapheme clusters: what a reader counts as one character."""
-    return _GRAPHEME.findall(text)
+def graphemes(text: str) -> Sequence[str]:
+    """Extended grapheme clusters: what a reader counts as one character.
+
+    Text in which every code point is its own cluster (most text after NFC) is returned as the
+    string itself: 4x faster here, and rapidfuzz compares strings fastest."""
+    return _GRAPHEME.findall(text) if _JOINS.search(text) else text
 
 
 def _is_word(segment: str) -> bool:

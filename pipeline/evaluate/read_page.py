@@ -4,14 +4,15 @@ Regions come in ReadingOrder order when the file has one (ordered and unordered 
 nested), then any region it leaves out in document order. Text is taken at line level: the
 line's TextEquiv (lowest `index` when there are several), else its Words' TextEquivs joined by
 spaces; a region whose lines hold no text at all gives its own TextEquiv, split at line breaks,
-without boxes. Line boxes are the bounding boxes of the lines' Coords polygons.
+without boxes. Line boxes are the bounding boxes of the lines' Coords polygons; a box that is the
+whole page (`0,0 W-1,0 ...`, how writers without geometry fill the required Coords) is none.
 """
 
 from __future__ import annotations
 
 from lxml import etree
 
-from .records import PageText, TextLine, box_from_points
+from .records import Box, PageText, TextLine, box_from_points
 
 
 def _local(el) -> str:
@@ -61,17 +62,19 @@ def _points(el) -> list[tuple[float, float]]:
     return points
 
 
-def _line(line) -> TextLine | None:
+def _line(line, no_box: Box | None) -> TextLine | None:
     text = _text_equiv(line)
     if text is None:
         parts = [_text_equiv(w) for w in _children(line, "Word")]
         text = " ".join(p for p in parts if p)
     text = " ".join(text.split())
-    return TextLine(text, box_from_points(_points(line))) if text else None
+    box = box_from_points(_points(line))
+    return TextLine(text, None if box == no_box else box) if text else None
 
 
-def _region_lines(region) -> list[TextLine]:
-    lines = [t for t in map(_line, _children(region, "TextLine")) if t is not None]
+def _region_lines(region, no_box: Box | None) -> list[TextLine]:
+    lines = [_line(line, no_box) for line in _children(region, "TextLine")]
+    lines = [line for line in lines if line is not None]
     if lines:
         return lines
     text = _text_equiv(region) or ""
@@ -109,5 +112,10 @@ def read_page(root) -> list[PageText]:
                     seen.add(id(region))
                     order.append(region)
     order += [r for r in regions if id(r) not in seen]
-    lines = [line for region in order for line in _region_lines(region)]
+    try:
+        # writers without geometry (ours among them) give every line the full page extent
+        no_box = (0, 0, int(page.get("imageWidth")) - 1, int(page.get("imageHeight")) - 1)
+    except (TypeError, ValueError):
+        no_box = None
+    lines = [line for region in order for line in _region_lines(region, no_box)]
     return [PageText(tuple(lines), "page")]
