@@ -19,7 +19,7 @@ TOP_CONFUSIONS = 20
 
 
 def _rate(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 6)
+    return None if value is None or math.isnan(value) else value
 
 
 def _edits(edits: Edits) -> dict:
