@@ -24,6 +24,7 @@ from datetime import datetime
 from lxml import etree
 
 from . import SOFTWARE_NAME, __version__
+from .names import escape_relpath
 from .records import Recognition
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
@@ -246,7 +247,8 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
 def _description(root: etree._Element, meta: PageMeta) -> None:
     desc = _sub(root, "Description")
     _sub(desc, "MeasurementUnit", "pixel")
-    _sub(_sub(desc, "sourceImageInformation"), "fileName", xml_safe_text(meta.source_filename))
+    # The escaped name (as in the output folders): bytes that are not UTF-8 stay as %XX.
+    _sub(_sub(desc, "sourceImageInformation"), "fileName", escape_relpath(meta.source_filename))
     step = _sub(desc, "Processing", ID="proc1")
     _sub(step, "processingCategory", "contentGeneration")
     if meta.processing_datetime is not None:

@@ -24,7 +24,9 @@ from PIL import Image
 
 from pipeline.errors import BadArguments, DocumentError
 from pipeline.images import count_image_pages, load_image_page, open_error
+from pipeline.job_backend import printable
 from pipeline.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
+from pipeline.selection import InputFilter, holds_job_store, skip_reason
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,15 @@ _PDF_HEADER_WINDOW = 1024  # the PDF spec lets the %PDF- header start anywhere i
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file: `relpath` (posix) is where its outputs go, mirroring the input tree."""
+    """One input file: `relpath` (posix) is where its outputs go, mirroring the input tree.
+
+    `skipped` says why a file that is not a page (by name and content, or by `--include`/
+    `--exclude`) is only listed; None for a page file.
+    """
 
     path: Path
     relpath: str
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,20 @@ class DocumentInfo:
 # -- discovery -----------------------------------------------------------------------------------
 
 
-def discover(inputs: Sequence[Path]) -> Iterator[SourceFile]:
+def discover(
+    inputs: Sequence[Path],
+    *,
+    out_dir: Path | None = None,
+    selection: InputFilter = InputFilter(),
+) -> Iterator[SourceFile]:
     """Every regular file under `inputs`, depth-first in sorted name order, for a stable run.
 
     Hidden entries (dot-names) inside folders are skipped, as are FIFOs and devices (reading
-    one would hang) and symlinks that lead back to a folder being walked. A broken symlink is
-    listed so that it fails visibly as a document instead of vanishing. Missing inputs are
-    reported before anything is listed.
+    one would hang), symlinks that lead back to a folder being walked, `out_dir` and any other
+    folder holding a job store (our own outputs are never inputs). A broken symlink is listed
+    so that it fails visibly as a document instead of vanishing. Files that are not pages, or
+    that `selection` leaves out, are listed with `skipped` set. Missing inputs are reported
+    before anything is listed.
     """
     roots: list[Path] = []
     for given in inputs:
@@ -88,63 +102,99 @@ def discover(inputs: Sequence[Path]) -> Iterator[SourceFile]:
         if path not in roots:
             roots.append(path)
     prefixes = _root_prefixes(roots) if len(roots) > 1 else [None] * len(roots)
-    return _walk_roots(roots, prefixes)
+    walk = _Walk(_folder_key(out_dir) if out_dir is not None else None, selection)
+    return walk.roots(roots, prefixes)
 
 
-def _walk_roots(roots: list[Path], prefixes: list[str | None]) -> Iterator[SourceFile]:
-    for root, prefix in zip(roots, prefixes, strict=True):
-        if root.is_dir():
-            for path, rel in _walk_dir(root, (), set()):
-                yield SourceFile(path, "/".join((prefix, *rel) if prefix else rel))
-        elif _is_listable_file(root):
-            yield SourceFile(root, prefix or root.name)
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    out_key: tuple[int, int] | None
+    selection: InputFilter
+
+    def roots(self, roots: list[Path], prefixes: list[str | None]) -> Iterator[SourceFile]:
+        for root, prefix in zip(roots, prefixes, strict=True):
+            if root.is_dir():
+                for path, rel in self._walk_dir(root, (), set()):
+                    relpath = "/".join((prefix, *rel) if prefix else rel)
+                    yield self._source(path, "/".join(rel), relpath)
+            elif _is_listable_file(root):
+                yield self._source(root, root.name, prefix or root.name)
+
+    def _source(self, path: Path, rel: str, relpath: str) -> SourceFile:
+        if not self.selection.selects(rel):
+            return SourceFile(path, relpath, "left out by --include/--exclude")
+        return SourceFile(path, relpath, skip_reason(path))
+
+    def _walk_dir(
+        self, folder: Path, rel: tuple[str, ...], ancestors: set[tuple[int, int]]
+    ) -> Iterator[tuple[Path, tuple[str, ...]]]:
+        try:
+            info = folder.stat()
+            names = sorted(os.listdir(folder))
+        except OSError as err:
+            log.warning("skipping folder %s: %s", printable(str(folder)), err.strerror or err)
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in ancestors:
+            log.warning("skipping %s: it links back to a folder above it", printable(str(folder)))
+            return
+        if key == self.out_key or holds_job_store(folder):
+            log.info("not reading %s: it is an output folder", printable(str(folder)))
+            return
+        ancestors = ancestors | {key}
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = folder / name
+            if path.is_dir():
+                yield from self._walk_dir(path, (*rel, name), ancestors)
+            elif _is_listable_file(path):
+                yield path, (*rel, name)
 
 
 def _root_prefixes(roots: list[Path]) -> list[str]:
-    """Each input's own name; a repeated name gets `~2`, `~3`... in input order.
+    """Each input's own name; inputs sharing a name get `NAME~PARENT` instead.
 
-    Names are compared case-insensitively so that two inputs never share an output folder on
-    a case-insensitive file system, and a suffixed name never takes an input's real name.
+    Independent of the order of the inputs: enough parent folders are added (joined by `~`)
+    to tell the same-named inputs apart. Names are compared case-insensitively so that two
+    inputs never share an output folder on a case-insensitive file system; whatever still
+    collides gets a hash of its absolute path.
     """
     names = [root.name or "input" for root in roots]
-    taken = {name.casefold() for name in names}
-    seen: set[str] = set()
-    prefixes = []
-    for name in names:
-        prefix = name
-        if name.casefold() in seen:
-            n = 2
-            while f"{name}~{n}".casefold() in taken:
-                n += 1
-            prefix = f"{name}~{n}"
-            taken.add(prefix.casefold())
-        seen.add(prefix.casefold())
-        prefixes.append(prefix)
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(name.casefold(), []).append(index)
+    prefixes = list(names)
+    for members in groups.values():
+        if len(members) > 1:
+            for index in members:
+                others = [roots[j] for j in members if j != index]
+                prefixes[index] = _qualified(roots[index], others)
+    counts: dict[str, int] = {}
+    for prefix in prefixes:
+        counts[prefix.casefold()] = counts.get(prefix.casefold(), 0) + 1
+    for index, prefix in enumerate(prefixes):
+        if counts[prefix.casefold()] > 1:
+            raw = os.fsencode(roots[index])
+            prefixes[index] = f"{prefix}~{hashlib.sha256(raw).hexdigest()[:8]}"
     return prefixes
 
 
-def _walk_dir(
-    folder: Path, rel: tuple[str, ...], ancestors: set[tuple[int, int]]
-) -> Iterator[tuple[Path, tuple[str, ...]]]:
-    try:
-        info = folder.stat()
-        names = sorted(os.listdir(folder))
-    except OSError as err:
-        log.warning("skipping folder %s: %s", folder, err.strerror or err)
-        return
-    key = (info.st_dev, info.st_ino)
-    if key in ancestors:
-        log.warning("skipping %s: it links back to a folder above it", folder)
-        return
-    ancestors = ancestors | {key}
-    for name in names:
-        if name.startswith("."):
-            continue
-        path = folder / name
-        if path.is_dir():
-            yield from _walk_dir(path, (*rel, name), ancestors)
-        elif _is_listable_file(path):
-            yield path, (*rel, name)
+def _qualified(root: Path, others: list[Path]) -> str:
+    parents = root.parent.parts[1:]
+    for k in range(1, len(parents) + 1):
+        tail = [p.casefold() for p in parents[-k:]]
+        if all([p.casefold() for p in other.parent.parts[1:][-k:]] != tail for other in others):
+            return "~".join((root.name, *parents[-k:]))
+    return root.name  # no parent tells them apart: the collision check hashes it
 
 
 def _is_listable_file(path: Path) -> bool:

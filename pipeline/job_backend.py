@@ -25,6 +25,21 @@ class KnownDocument:
     page_count: int | None
     state: str  # ok | failed
     reason: str | None
+    removed: bool = False  # its source was gone at an earlier discovery
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    relpath: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SkippedFiles:
+    """Files of the inputs that are not pages: how many, and the first of them."""
+
+    count: int
+    files: list[SkippedFile]
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,8 @@ class StoreSummary:
     devices: dict[str, DeviceStats] = field(default_factory=dict)
     failed_documents: list[FailedDocument] = field(default_factory=list)
     failed_pages: list[FailedPage] = field(default_factory=list)
+    skipped: SkippedFiles = field(default_factory=lambda: SkippedFiles(0, []))
+    removed: list[str] = field(default_factory=list)  # relpaths whose source is gone
 
     @property
     def pages_total(self) -> int:
@@ -125,7 +142,13 @@ class StoreSummary:
     def totals(self) -> dict[str, int]:
         """Flat counts: pages per state, plus `documents` and `failed_documents`."""
         documents = sum(self.documents.values())
-        return {**self.pages, "documents": documents, "failed_documents": self.documents["failed"]}
+        return {
+            **self.pages,
+            "documents": documents,
+            "failed_documents": self.documents["failed"],
+            "skipped_files": self.skipped.count,
+            "sources_removed": len(self.removed),
+        }
 
     def to_dict(self) -> dict:
         """JSON-ready; undecodable file names are shown with backslash escapes."""
@@ -140,6 +163,14 @@ class StoreSummary:
                 {"relpath": printable(f.relpath), "page": f.page_number, "error": f.error}
                 for f in self.failed_pages
             ],
+            "skipped_files": {
+                "count": self.skipped.count,
+                "files": [
+                    {"relpath": printable(f.relpath), "reason": f.reason}
+                    for f in self.skipped.files
+                ],
+            },
+            "sources_removed": [printable(relpath) for relpath in self.removed],
         }
 
 
@@ -191,6 +222,15 @@ class JobBackend(abc.ABC):
         size: int | None = None,
         mtime_ns: int | None = None,
     ) -> None: ...
+
+    @abc.abstractmethod
+    def replace_skipped(self, skipped: Iterable[tuple[str, str, str]]) -> None: ...
+
+    @abc.abstractmethod
+    def mark_sources_removed(self, present: set[str]) -> list[str]: ...
+
+    @abc.abstractmethod
+    def prune_removed(self) -> list[str]: ...
 
     @abc.abstractmethod
     def pending_pages(self, limit: int | None = None) -> list[PageTask]: ...

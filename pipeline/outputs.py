@@ -13,7 +13,6 @@ fsynced: a crash leaves the old file or the new one, plus at worst a stale temp 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -21,41 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .alto import PageMeta, build_alto, normalize_text
+from .names import escape_component
 from .records import Recognition
+
+__all__ = ["escape_component"]  # defined in .names, which alto.py can import without a cycle
 
 PAGES_DIR = "pages"
 TEMP_PREFIX = ".tmp-"
 SUFFIXES = {"alto": ".alto.xml", "txt": ".txt"}
 DEFAULT_FORMATS = ("alto", "txt")
-_MAX_NAME_BYTES = 255  # NAME_MAX of common Linux file systems
-
-
-def escape_component(name: str) -> str:
-    """One path component made printable; injective over names os.listdir can return.
-
-    Undecodable bytes (surrogateescape `\\udcXX`) become `%XX`; `%`, C0/C1 controls and
-    U+2028/U+2029 become the `%XX` of their UTF-8 bytes; everything else is kept. The escaped
-    set is fixed code points, not Unicode categories, so a newer Python never moves outputs.
-    Undoing the escapes gives back the name's exact bytes, hence injective. A result longer
-    than NAME_MAX is cut and suffixed with a hash of the full name, so it fits and stays unique.
-    """
-    out = []
-    for ch in name:
-        cp = ord(ch)
-        if 0xDC80 <= cp <= 0xDCFF:  # a byte that was not valid UTF-8
-            out.append(f"%{cp - 0xDC00:02X}")
-        elif 0xD800 <= cp <= 0xDFFF:
-            raise ValueError(f"{name!r} holds a lone surrogate and cannot name a file")
-        elif ch == "%" or cp < 0x20 or 0x7F <= cp <= 0x9F or cp in (0x2028, 0x2029):
-            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
-        else:
-            out.append(ch)
-    escaped = "".join(out)
-    if len(escaped.encode("utf-8")) <= _MAX_NAME_BYTES:
-        return escaped
-    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    keep = escaped.encode("utf-8")[: _MAX_NAME_BYTES - 40].decode("utf-8", "ignore")
-    return f"{keep}~{digest}"
 
 
 def output_folder(out_dir: Path, relpath: str) -> Path:

@@ -24,7 +24,10 @@ class _TqdmHandler(logging.Handler):
 def setup_run_log(out_dir: Path, quiet: bool) -> logging.Handler:
     """Everything goes to OUT/run.log; warnings (bad files) also to the console."""
     log.setLevel(logging.INFO)
-    file_handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
+    # File names that are not UTF-8 (surrogate-escaped) are written as \xNN, never raise.
+    file_handler = logging.FileHandler(
+        out_dir / "run.log", encoding="utf-8", errors="backslashreplace"
+    )
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     console = _TqdmHandler()
@@ -113,6 +116,12 @@ class RunProgress:
             f"collection: {totals.get('done', 0)} pages done, {totals.get('failed', 0)} failed, "
             f"{totals.get('pending', 0)} pending; {totals.get('failed_documents', 0)} documents failed",
         ]
+        if totals.get("skipped_files") or totals.get("sources_removed"):
+            lines.append(
+                f"inputs: {totals.get('skipped_files', 0)} files skipped (not pages), "
+                f"{totals.get('sources_removed', 0)} documents with source removed "
+                "(anandasky-batch status OUT lists them)"
+            )
         for label, stats in sorted(self.devices.items()):
             busy = stats.busy_s / (stats.busy_s + stats.idle_s) if stats.busy_s else 0.0
             per_s = stats.pages / stats.busy_s if stats.busy_s else 0.0

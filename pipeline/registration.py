@@ -3,7 +3,9 @@
 Unchanged files (same size and mtime as recorded) are trusted without reading them, so resuming
 a run over 10^5 files costs one `stat` each. New or changed files are probed in the loader
 processes; a file that crashes the reader (a decoder bug on hostile input) becomes a failed
-document, and the rest of the collection is still registered.
+document, and the rest of the collection is still registered. Files that are not pages are
+recorded as skipped; documents whose file is gone as "source removed" (outputs kept unless
+`--prune`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from pipeline.errors import NothingToDo
 from pipeline.ingest import DocumentInfo, IngestSettings, SourceFile, discover
-from pipeline.job_backend import JobBackend
+from pipeline.job_backend import JobBackend, printable
 from pipeline.outputs import remove_document_outputs
 from pipeline.page_loader import LoadFailure, probe
 from pipeline.progress import log
+from pipeline.selection import InputFilter
 
 CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
 
@@ -30,17 +34,29 @@ class DocumentRegistrar:
         ingest: IngestSettings,
         new_pool: Callable[[], ProcessPoolExecutor],
         probe_fn: Callable[[str, IngestSettings], DocumentInfo | LoadFailure] = probe,
+        *,
+        selection: InputFilter = InputFilter(),
+        prune: bool = False,
     ) -> None:
         self.store = store
         self.out_dir = out_dir
         self.ingest = ingest
         self.new_pool = new_pool
         self.probe_fn = probe_fn
+        self.selection = selection
+        self.prune = prune
 
     def register(self, inputs: list[Path], pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
-        """Register every input file; returns the pool to go on with (replaced after a crash)."""
-        to_probe = []
-        for source in discover(inputs):
+        """Register every input file; returns the pool to go on with (replaced after a crash).
+
+        Raises NothingToDo when the inputs hold no page file at all.
+        """
+        to_probe, present, skipped = [], set(), []
+        for source in discover(inputs, out_dir=self.out_dir, selection=self.selection):
+            if source.skipped is not None:
+                skipped.append((source.relpath, str(source.path), source.skipped))
+                continue
+            present.add(source.relpath)
             try:
                 stat = source.path.stat()
             except OSError as exc:
@@ -50,11 +66,13 @@ class DocumentRegistrar:
             if (
                 known is not None
                 and known.state != "failed"
+                and not known.removed
                 and known.size == stat.st_size
                 and known.mtime_ns == stat.st_mtime_ns
             ):
                 continue
             to_probe.append((source, stat))
+        self._note_inputs(inputs, skipped, present)
         futures = [pool.submit(self.probe_fn, str(s.path), self.ingest) for s, _ in to_probe]
         for index, ((source, stat), future) in enumerate(zip(to_probe, futures, strict=True)):
             try:
@@ -64,6 +82,32 @@ class DocumentRegistrar:
                 return self._register_one_by_one(to_probe[index:])
             self._record(source, stat, result)
         return pool
+
+    def _note_inputs(self, inputs: list[Path], skipped: list, present: set[str]) -> None:
+        """Record skipped files and removed sources; `--prune` forgets the removed."""
+        self.store.replace_skipped(skipped)
+        for relpath, _, reason in skipped:
+            log.info("skipped %s: %s", printable(relpath), reason)
+        if skipped:
+            log.info(
+                "%d file(s) skipped: not pages (`anandasky-batch status OUT` lists them)",
+                len(skipped),
+            )
+        for relpath in self.store.mark_sources_removed(present):
+            log.warning(
+                "%s: source removed; its outputs are kept (run with --prune to remove them)",
+                printable(relpath),
+            )
+        if self.prune:
+            for relpath in self.store.prune_removed():
+                remove_document_outputs(self.out_dir, relpath)
+                log.info("%s: source removed; pruned its outputs and records", printable(relpath))
+        if not present:
+            given = ", ".join(printable(str(p)) for p in inputs)
+            found = (
+                f"{len(skipped)} file(s), none of them a PDF or an image" if skipped else "no files"
+            )
+            raise NothingToDo(f"nothing to do: {given} holds {found}; check the input path")
 
     def _register_one_by_one(self, remaining: list) -> ProcessPoolExecutor:
         """After a crash every queued probe is lost; redo them alone to find the culprit."""
@@ -97,7 +141,7 @@ class DocumentRegistrar:
         )
 
     def _fail(self, source: SourceFile, reason: str, stat) -> None:
-        log.warning("%s: %s", source.relpath, reason)
+        log.warning("%s: %s", printable(source.relpath), reason)
         self.store.fail_document(
             relpath=source.relpath,
             path=str(source.path),

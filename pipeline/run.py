@@ -142,7 +142,12 @@ class Coordinator:
         try:
             log.info("run started: %d device worker(s): %s", len(self.slots), self._slot_list())
             registrar = DocumentRegistrar(
-                self.store, self.out_dir, self.settings.ingest, self._new_pool
+                self.store,
+                self.out_dir,
+                self.settings.ingest,
+                self._new_pool,
+                selection=self.settings.input_filter,
+                prune=self.settings.prune,
             )
             pool = registrar.register(inputs, pool)
             retried = self.store.retry_failed_pages()

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.ingest import IngestSettings
+from pipeline.selection import InputFilter
 
 OUTPUT_FORMATS = ("alto", "txt")
 # Not stored: a password has no business on disk, and `resume` asks for it again.
-_NOT_STORED = ("pdf_password", "quiet", "new_config")
+# `--prune` acts once: a resumed run must not delete outputs the user did not ask it to.
+_NOT_STORED = ("pdf_password", "quiet", "new_config", "recover_store", "prune")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,12 @@ class RunSettings:
     batch_timeout: float = 0  # 0: derived from the token budget (`batch_timeout_s`)
     formats: tuple[str, ...] = OUTPUT_FORMATS
     loaders: int = 0  # 0: chosen from the CPU count (`loader_processes`)
+    include: tuple[str, ...] = ()  # globs against the path relative to its input argument
+    exclude: tuple[str, ...] = ()
+    prune: bool = False  # forget documents whose source is gone, and their outputs
     quiet: bool = False
     new_config: bool = False
+    recover_store: bool = False  # move a damaged job store aside and rebuild it
 
     def __post_init__(self) -> None:
         from pipeline.errors import BadArguments
@@ -90,6 +96,10 @@ class RunSettings:
         return 300 + 0.2 * self.max_new_tokens * self.batch_size
 
     @property
+    def input_filter(self) -> InputFilter:
+        return InputFilter(tuple(self.include), tuple(self.exclude))
+
+    @property
     def out_path(self) -> Path:
         return Path(self.out_dir)
 
@@ -113,7 +123,7 @@ class RunSettings:
     def from_stored(cls, stored: dict, **overrides) -> RunSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in stored.items() if key in names}
-        for key in ("inputs", "formats"):
+        for key in ("inputs", "formats", "include", "exclude"):
             if key in values:
                 values[key] = tuple(values[key])
         values.update({key: value for key, value in overrides.items() if value is not None})

@@ -55,6 +55,16 @@ def _text_lines(report: dict) -> list[str]:
     shown = len(failed_docs[:_SHOWN_FAILURES]) + len(failed_pages[:_SHOWN_FAILURES])
     if shown < len(failed_docs) + len(failed_pages):
         lines.append("  ... (all of them: anandasky-batch status OUT --json)")
+    skipped = report["skipped_files"]
+    if skipped["count"]:
+        lines.append(f"skipped files, not pages ({skipped['count']}):")
+        lines += [f"  {f['relpath']}: {f['reason']}" for f in skipped["files"][:_SHOWN_FAILURES]]
+        if skipped["count"] > _SHOWN_FAILURES:
+            lines.append("  ... (all of them: anandasky-batch status OUT --json)")
+    removed = report["sources_removed"]
+    if removed:
+        lines.append(f"source removed ({len(removed)}; outputs kept, --prune removes them):")
+        lines += [f"  {relpath}" for relpath in removed[:_SHOWN_FAILURES]]
     return lines
 
 

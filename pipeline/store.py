@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 
+from . import store_inputs
 from .errors import BadArguments, ConfigMismatch, OutputInUse
 from .job_backend import (
     DeviceStats,
@@ -38,27 +39,15 @@ from .job_backend import (
     PageTask,
     StoreSummary,
 )
+from .names import db_text as _db_text
+from .names import py_text as _py_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added skipped_files and removed_sources; 1 stays readable
 STATE_DIR = ".anandasky"
 DB_NAME = "jobs.sqlite"
 LOCK_NAME = "run.lock"
 PAGE_STATES = ("pending", "running", "done", "failed")
 INFER_KEY = "infer_s"  # the timings key whose sum `summary()` reports per device
-
-
-def _db_text(name: str | os.PathLike) -> str | bytes:
-    """Names from os.listdir may hold undecodable bytes (surrogateescape); store those as BLOB."""
-    name = os.fspath(name)
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape")
-
-
-def _py_text(value: str | bytes) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -218,13 +207,13 @@ class JobStore(JobBackend):
     def known_document(self, relpath: str) -> KnownDocument | None:
         with self._mutex:
             row = self._conn.execute(
-                "SELECT id, relpath, path, sha256, size, mtime_ns, page_count, state, reason "
-                "FROM documents WHERE relpath = ?",
+                "SELECT id, relpath, path, sha256, size, mtime_ns, page_count, state, reason, "
+                "id IN (SELECT doc_id FROM removed_sources) FROM documents WHERE relpath = ?",
                 (_db_text(relpath),),
             ).fetchone()
         if row is None:
             return None
-        return KnownDocument(row[0], _py_text(row[1]), _py_text(row[2]), *row[3:])
+        return KnownDocument(row[0], _py_text(row[1]), _py_text(row[2]), *row[3:9], bool(row[9]))
 
     def sync_document(
         self,
@@ -259,6 +248,7 @@ class JobStore(JobBackend):
                 return doc_id
             doc_id = row[0]
             unchanged = row[1:] == (sha256, "ok", page_count)
+            db.execute("DELETE FROM removed_sources WHERE doc_id = ?", (doc_id,))
             db.execute(
                 "UPDATE documents SET path = ?, sha256 = ?, size = ?, mtime_ns = ?, kind = ?, "
                 "format = ?, page_count = ?, updated_at = ?, state = 'ok', reason = NULL "
@@ -267,7 +257,8 @@ class JobStore(JobBackend):
             )
             if not unchanged:
                 db.execute("DELETE FROM pages WHERE doc_id = ?", (doc_id,))
-                _insert_pages(db, doc_id, page_count)
+            # Back after being removed: the pages dropped then come back pending.
+            _insert_pages(db, doc_id, page_count, missing_only=unchanged)
             return doc_id
 
     def fail_document(
@@ -295,6 +286,23 @@ class JobStore(JobBackend):
                 "DELETE FROM pages WHERE doc_id = (SELECT id FROM documents WHERE relpath = ?)",
                 (_db_text(relpath),),
             )
+            db.execute(
+                "DELETE FROM removed_sources WHERE doc_id = "
+                "(SELECT id FROM documents WHERE relpath = ?)",
+                (_db_text(relpath),),
+            )
+
+    def replace_skipped(self, skipped: Iterable[tuple[str, str, str]]) -> None:
+        with self._write() as db:
+            store_inputs.replace_skipped(db, skipped)
+
+    def mark_sources_removed(self, present: set[str]) -> list[str]:
+        with self._write() as db:
+            return store_inputs.mark_sources_removed(db, present)
+
+    def prune_removed(self) -> list[str]:
+        with self._write() as db:
+            return store_inputs.prune_removed(db)
 
     # ---- pages ---------------------------------------------------------------------------
 
@@ -391,6 +399,9 @@ class JobStore(JobBackend):
                 "SELECT COALESCE(SUM(state = 'ok'), 0), COALESCE(SUM(state = 'failed'), 0) "
                 "FROM documents"
             ).fetchone()
+            inputs = store_inputs.input_notes(db, limit)
+            docs_ok -= inputs.removed_ok
+            docs_failed -= inputs.removed_failed
             unfinished = db.execute(
                 "SELECT COUNT(DISTINCT doc_id) FROM pages WHERE state IN ('pending', 'running')"
             ).fetchone()[0]
@@ -409,7 +420,7 @@ class JobStore(JobBackend):
                 FailedDocument(_py_text(rel), reason or "")
                 for rel, reason in db.execute(
                     "SELECT relpath, reason FROM documents WHERE state = 'failed' "
-                    "ORDER BY relpath LIMIT ?",
+                    f"{inputs.not_removed} ORDER BY relpath LIMIT ?",
                     (limit,),
                 )
             ]
@@ -427,8 +438,11 @@ class JobStore(JobBackend):
             "done": docs_ok - unfinished - with_failed,
             "some_pages_failed": with_failed,
             "failed": docs_failed,
+            "source_removed": len(inputs.removed),
         }
-        return StoreSummary(documents, pages, devices, failed_docs, failed_pages)
+        return StoreSummary(
+            documents, pages, devices, failed_docs, failed_pages, inputs.skipped, inputs.removed
+        )
 
     def done_pages(self) -> Iterator[DonePage]:
         """Done pages in document/page order, streamed (one snapshot, no list of millions)."""
@@ -470,9 +484,12 @@ class JobStore(JobBackend):
             cursor.close()
 
 
-def _insert_pages(db: sqlite3.Connection, doc_id: int, page_count: int) -> None:
+def _insert_pages(
+    db: sqlite3.Connection, doc_id: int, page_count: int, *, missing_only: bool = False
+) -> None:
+    verb = "INSERT OR IGNORE" if missing_only else "INSERT"
     db.executemany(
-        "INSERT INTO pages (doc_id, page_index) VALUES (?, ?)",
+        f"{verb} INTO pages (doc_id, page_index) VALUES (?, ?)",
         ((doc_id, i) for i in range(page_count)),
     )
 
@@ -545,8 +562,8 @@ def _connect_readonly(out_dir: Path, db_path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
-        if _check_version(conn, db_path) < SCHEMA_VERSION:
-            raise BadArguments(
+        if _check_version(conn, db_path) == 0:  # version 1 reads fine: its new tables
+            raise BadArguments(  # simply do not exist yet
                 f"{db_path} is not finished being created; run again once the run has started."
             )
     except sqlite3.DatabaseError as err:

@@ -1,4 +1,4 @@
--- Job store of one output folder (OUT/.anandasky/jobs.sqlite), schema version 1.
+-- Job store of one output folder (OUT/.anandasky/jobs.sqlite), schema version 2.
 --
 -- The version lives in PRAGMA user_version (set by pipeline/store.py after this script runs), so
 -- opening a store reads one integer instead of scanning a table. Every statement is idempotent.
@@ -52,3 +52,22 @@ CREATE TABLE IF NOT EXISTS pages (
 
 -- "What is pending/running/failed" must stay instant with millions of done pages.
 CREATE INDEX IF NOT EXISTS pages_state ON pages (state, doc_id, page_index);
+
+-- Schema version 2 (added tables only: a version-1 store gains them on its next run and is
+-- otherwise unchanged; `status` on a read-only version-1 store shows neither list).
+
+-- Files of the inputs that are not pages (by name and content, or left out by --include /
+-- --exclude): listed, never failed. Replaced as a whole by every run's discovery.
+CREATE TABLE IF NOT EXISTS skipped_files (
+    relpath    TEXT PRIMARY KEY,
+    path       TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+-- Documents whose input file was gone at a run's discovery. Their done pages (and outputs)
+-- stay unless `--prune`; the rest of their pages are dropped, as no run can do them.
+CREATE TABLE IF NOT EXISTS removed_sources (
+    doc_id     INTEGER PRIMARY KEY REFERENCES documents (id) ON DELETE CASCADE,
+    removed_at REAL NOT NULL
+);

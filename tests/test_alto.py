@@ -208,7 +208,7 @@ def test_page_has_true_size_and_no_invented_coordinates():
             assert not {"HPOS", "VPOS", "WIDTH", "HEIGHT"} & set(el.attrib), el.tag
 
 
-def test_metadata_with_undecodable_file_names_and_control_characters_stays_valid():
+def test_undecodable_file_names_keep_their_escaped_bytes_and_stay_valid():
     meta = PageMeta(
         source_filename="caf\udce9/\x01scan.tif",
         page_number=1,
@@ -219,7 +219,8 @@ def test_metadata_with_undecodable_file_names_and_control_characters_stays_valid
         prompt="Read\x0b this",
     )
     root = parse(check(rec("x"), meta))
-    assert root.findtext(".//a:fileName", namespaces=NS) == "caf\ufffd/scan.tif"
+    # The output folders' escaping: the undecodable byte and the control character as %XX.
+    assert root.findtext(".//a:fileName", namespaces=NS) == "caf%E9/%01scan.tif"
 
 
 # ---- confidences --------------------------------------------------------------------------------

@@ -62,17 +62,22 @@ def test_several_inputs_are_prefixed_with_their_own_names(tmp_path: Path) -> Non
     assert found == ["box2/sub/b.pdf", "loose.tif", "box1/a.pdf"]
 
 
-def test_inputs_with_equal_names_get_distinct_prefixes_in_input_order(tmp_path: Path) -> None:
+def test_inputs_with_equal_names_get_parent_qualified_prefixes_in_any_order(
+    tmp_path: Path,
+) -> None:
     _touch(tmp_path, "x/scans/a.pdf", "y/scans/a.pdf", "z/Scans/a.pdf", "scans~2/a.pdf")
-    found = _relpaths(
-        tmp_path / "x/scans", tmp_path / "y/scans", tmp_path / "z/Scans", tmp_path / "scans~2"
-    )
-    # "scans~2" is a real input's name, so the second "scans" skips to ~3; case-insensitive
-    # file systems would merge "Scans" with "scans", so it is renamed too.
-    assert found == ["scans/a.pdf", "scans~3/a.pdf", "Scans~4/a.pdf", "scans~2/a.pdf"]
-    assert found == _relpaths(
-        tmp_path / "x/scans", tmp_path / "y/scans", tmp_path / "z/Scans", tmp_path / "scans~2"
-    )
+    inputs = [tmp_path / "x/scans", tmp_path / "y/scans", tmp_path / "z/Scans", tmp_path / "scans~2"]
+    # Case-insensitive file systems would merge "Scans" with "scans", so it is qualified too.
+    expected = ["scans~x/a.pdf", "scans~y/a.pdf", "Scans~z/a.pdf", "scans~2/a.pdf"]
+    assert _relpaths(*inputs) == expected
+    assert sorted(_relpaths(*reversed(inputs))) == sorted(expected)
+
+
+def test_same_named_inputs_under_same_named_parents_take_more_parents(tmp_path: Path) -> None:
+    _touch(tmp_path, "a/box/scan.jpg", "b/box/scan.jpg")
+    first, second = tmp_path / "a/box/scan.jpg", tmp_path / "b/box/scan.jpg"
+    assert _relpaths(first, second) == ["scan.jpg~a~box", "scan.jpg~b~box"]
+    assert _relpaths(second, first) == ["scan.jpg~b~box", "scan.jpg~a~box"]
 
 
 def test_the_same_input_given_twice_is_listed_once(tmp_path: Path) -> None:

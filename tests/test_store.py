@@ -65,7 +65,7 @@ def test_store_lives_in_the_output_folder_in_wal_mode(tmp_path, store):
     assert db.is_file() and isinstance(store, JobBackend)
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
 
@@ -359,7 +359,13 @@ def test_summary_counts_documents_pages_and_devices(store):
     store.record_failure(tasks["mixed.pdf", 0], "bad page", max_attempts=1)
     store.mark_running([tasks["todo.pdf", 0]], "npu:1")
     summary = store.summary()
-    assert summary.documents == {"pending": 2, "done": 1, "some_pages_failed": 1, "failed": 1}
+    assert summary.documents == {
+        "pending": 2,
+        "done": 1,
+        "some_pages_failed": 1,
+        "failed": 1,
+        "source_removed": 0,
+    }
     assert summary.pages == {"pending": 2, "running": 1, "done": 3, "failed": 2}
     assert {k: (v.pages_done, v.infer_seconds) for k, v in summary.devices.items()} == {
         "npu:0": (2, 4.0),

@@ -13,6 +13,7 @@ from lxml import etree
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.alto import ALTO_NS, SCHEMA_LOCATION, XSI_NS
 from pipeline.alto import xml_safe_text as xml_text
+from pipeline.names import escape_relpath
 
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage
@@ -43,7 +44,7 @@ def placeholder(doc: ExportDocument, page: ExportPage) -> bytes:
     root.append(etree.Comment(f" {SOFTWARE_NAME}: placeholder, page {page.number} {page.state} "))
     desc = _sub(root, "Description")
     _sub(desc, "MeasurementUnit", "pixel")
-    _sub(_sub(desc, "sourceImageInformation"), "fileName", xml_text(doc.relpath))
+    _sub(_sub(desc, "sourceImageInformation"), "fileName", escape_relpath(doc.relpath))
     step = _sub(desc, "Processing", ID="proc1")
     _sub(step, "processingCategory", "other")
     _sub(step, "processingStepDescription", xml_text(placeholder_note(page)))
