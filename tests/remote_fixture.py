@@ -88,15 +88,24 @@ def remote_config(config: AnandaSkyConfig) -> dict:
     }
 
 
-def build_remote_checkpoint(native_dir: Path, out_dir: Path) -> Path:
-    """Write the remote-code folder for the native checkpoint `native_dir` into `out_dir`."""
+def build_remote_checkpoint(
+    native_dir: Path, out_dir: Path, *, generate_returns_prompt: bool = False
+) -> Path:
+    """Write the remote-code folder for the native checkpoint `native_dir` into `out_dir`.
+
+    `generate_returns_prompt`: the folder's `generate()` returns prompt + new tokens (the usual
+    transformers convention) instead of the new tokens alone.
+    """
     native_dir, out_dir = Path(native_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = AnandaSkyConfig.load(native_dir / "config.json")
     tensors = load_file(str(native_dir / "model.safetensors"))
     save_file(remote_tensors(tensors, config), str(out_dir / "model.safetensors"), {"format": "pt"})
+    remote = remote_config(config)
+    if generate_returns_prompt:
+        remote["generate_returns_prompt"] = True
     (out_dir / "config.json").write_text(
-        json.dumps(remote_config(config), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps(remote, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     im = config.image
     preprocessor = {

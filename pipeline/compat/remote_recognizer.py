@@ -6,7 +6,8 @@ tests/fixtures/remote_anandasky/ for the fixture written to it):
   (`input_ids`, `attention_mask`, pixel tensors), `image_token_count(width, height)` and
   `max_pixels`;
 - model: `generate(**inputs, max_new_tokens=, output_scores=True, return_dict_in_generate=True)`
-  returning `.sequences` (new tokens, or prompt + new tokens) and, if it can, `.scores` (one
+  returning `.sequences` (new tokens, or prompt + new tokens: told apart by comparing with
+  `input_ids`, see `strip_prompt`) and, if it can, `.scores` (one
   `(B, vocab)` tensor per step) — a plain tensor of ids is accepted too; and
   `model(**inputs).logits` `(B, S, vocab)` for a whole sequence.
 Log-probabilities are the model's own: taken from `.scores` when given, otherwise recomputed
@@ -60,6 +61,22 @@ def repetition_cut(token_ids: list[int], guard: RepetitionGuard) -> int | None:
         if stuck.size:
             return step + 1 - int(runs[stuck[0]])
     return None
+
+
+def strip_prompt(sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The new tokens of a `generate()` output, whichever convention the remote code follows.
+
+    transformers' own `generate` returns prompt + new tokens; custom loops often return the new
+    tokens alone. The output's length says nothing (a page that stops early is shorter than
+    `max_new_tokens` either way), so the output is compared with the prompt ids themselves:
+    only an output that starts with the whole prompt batch, padding included, is cut.
+    """
+    width = input_ids.shape[1]
+    if sequences.shape[1] >= width and torch.equal(
+        sequences[:, :width].to(input_ids.device), input_ids
+    ):
+        return sequences[:, width:]
+    return sequences
 
 
 def special_tokens_of(tokenizer_path: Path) -> SpecialTokens:
@@ -181,9 +198,7 @@ class RemoteRecognizer:
             )
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         scores = None if isinstance(out, torch.Tensor) else getattr(out, "scores", None)
-        prompt_width = inputs["input_ids"].shape[1]
-        if sequences.shape[1] > max_new_tokens:  # HF convention: prompt + new tokens
-            sequences = sequences[:, prompt_width:]
+        sequences = strip_prompt(sequences, inputs["input_ids"])
         results = []
         for row, seq in enumerate(sequences.tolist()):
             ids = []
