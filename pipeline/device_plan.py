@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.errors import BadArguments
+from pipeline.errors import BadArguments, MissingDependency
 
 VISIBLE_DEVICES_VARIABLE = {"npu": "ASCEND_RT_VISIBLE_DEVICES", "cuda": "CUDA_VISIBLE_DEVICES"}
 
@@ -57,6 +57,34 @@ def _count_devices(device_type: str) -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def check_device_runtime(device: str) -> None:
+    """Fail with the real cause (exit 3) when the asked-for device's runtime is unusable here.
+
+    Without this, `--device npu` on a machine without torch-npu would find zero devices and tell
+    the user to set ASCEND_RT_VISIBLE_DEVICES, which cannot help. `auto` and `cpu` always work.
+    """
+    device_type = device.split(":", 1)[0].lower()
+    if device_type == "npu":
+        from pipeline.model.devices import probe_npu
+
+        probe = probe_npu()
+        if not probe.available:
+            raise MissingDependency(f"--device {device}: {probe.reason}")
+    elif device_type == "cuda":
+        import torch
+
+        if torch.version.cuda is None:
+            raise MissingDependency(
+                f"--device {device}: this torch ({torch.__version__}) is a CPU-only build; "
+                "install a CUDA build of torch, or use --device cpu"
+            )
+        if not torch.cuda.is_available():
+            raise MissingDependency(
+                f"--device {device}: torch sees no CUDA device (check the NVIDIA driver with "
+                "`nvidia-smi` and CUDA_VISIBLE_DEVICES), or use --device cpu"
+            )
 
 
 def plan_workers(

@@ -12,22 +12,50 @@ from tqdm import tqdm
 
 LOG_NAME = "anandasky"
 log = logging.getLogger(LOG_NAME)
+_last_run_log: Path | None = None  # where an internal error's traceback goes (pipeline.crash)
+
+
+def last_run_log() -> Path | None:
+    """The run log this process opened last (it may be closed by now), if any."""
+    return _last_run_log
 
 
 class _TqdmHandler(logging.Handler):
     """Console messages that do not tear the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "file_only", False):
+            return  # the CLI prints this one itself
         tqdm.write(self.format(record), file=sys.stderr)
+
+
+def log_to_file_only(level: int, message: str) -> None:
+    """Keep `message` in the run log without showing it twice on the console."""
+    log.log(level, "%s", message, extra={"file_only": True})
+
+
+class _RunLogHandler(logging.FileHandler):
+    """The run log on OUT: when OUT fills up or turns read-only, logging must not print
+    tracebacks over the user's terminal; the run itself reports that failure in one line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
+def announce(message: str, quiet: bool) -> None:
+    """A line for the person watching (unless --quiet), also kept in the run log."""
+    log.info(message)
+    if not quiet:
+        tqdm.write(message, file=sys.stderr)
 
 
 def setup_run_log(out_dir: Path, quiet: bool) -> logging.Handler:
     """Everything goes to OUT/run.log; warnings (bad files) also to the console."""
+    global _last_run_log
     log.setLevel(logging.INFO)
     # File names that are not UTF-8 (surrogate-escaped) are written as \xNN, never raise.
-    file_handler = logging.FileHandler(
-        out_dir / "run.log", encoding="utf-8", errors="backslashreplace"
-    )
+    file_handler = _RunLogHandler(out_dir / "run.log", encoding="utf-8", errors="backslashreplace")
+    _last_run_log = out_dir / "run.log"
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     console = _TqdmHandler()

@@ -7,11 +7,14 @@ done only after its files are complete on disk and the store says so.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sqlite3
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -23,12 +26,15 @@ import pipeline
 from pipeline.alto import PageMeta, page_confidence
 from pipeline.batching import ReadyPage, ReadyPages
 from pipeline.child_process import prepare_child_process
-from pipeline.device_plan import WorkerSlot, plan_workers
+from pipeline.device_plan import WorkerSlot, check_device_runtime, plan_workers
 from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, DevicesLost, ExitCode
 from pipeline.images import PAGE_SIZE_KEY
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
+from pipeline.model.checkpoint import check_weight_files
 from pipeline.model.config import AnandaSkyConfig
 from pipeline.outputs import (
+    output_folder,
+    page_outputs_complete,
     remove_stale_temp_files,
     write_page_outputs,
 )
@@ -36,8 +42,10 @@ from pipeline.page_loader import LoadFailure, load_page_image
 from pipeline.progress import (
     RunProgress,
     StageTimes,
+    announce,
     close_run_log,
     log,
+    log_to_file_only,
     setup_run_log,
     write_run_summary,
 )
@@ -45,7 +53,16 @@ from pipeline.rasterize import require_poppler
 from pipeline.records import Recognition
 from pipeline.registration import DocumentRegistrar
 from pipeline.settings import RunSettings
-from pipeline.store import STATE_DIR, JobStore
+from pipeline.source_changes import SourceChanged, SourceChanges, registered_of
+from pipeline.store import JobStore
+from pipeline.store_connect import (
+    DB_NAME,
+    STATE_DIR,
+    ensure_writable_folder,
+    output_access_error,
+    reported_store_errors,
+    store_error,
+)
 from pipeline.workers import (
     BatchDone,
     BatchFailed,
@@ -86,25 +103,47 @@ def run_collection(settings: RunSettings) -> ExitCode:
     if missing:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_checksum = checkpoint_checksum(
-        settings.model_dir, cache_file=out_dir / STATE_DIR / "model-checksum.json"
-    )
-    prompt = settings.prompt or DEFAULT_PROMPT
+    ensure_writable_folder(out_dir)
+    check_device_runtime(settings.device)
     slots = plan_workers(settings.device, settings.devices, settings.workers)
     if settings.rasterizer == "poppler":
         require_poppler()
-    with JobStore.open(out_dir) as store:
+    with (
+        reported_store_errors(out_dir),
+        JobStore.open(out_dir, recover=settings.recover_store) as store,
+    ):
         setup_run_log(out_dir, settings.quiet)
-        try:
-            store.check_fingerprint(
-                settings.fingerprint(model_checksum, prompt), new_config=settings.new_config
+        if store.damaged_copy is not None:
+            log.warning(
+                "the damaged job store was kept as %s; a new one is built and pages are redone",
+                store.damaged_copy,
             )
-            store.save_settings(settings.to_stored())
-            coordinator = Coordinator(settings, store, slots, prompt, model_checksum)
-            return coordinator.run(inputs)
+        elif settings.recover_store:
+            log.info("--recover-store: the job store is healthy; nothing to recover")
+        try:
+            with reported_store_errors(out_dir):
+                return _run_with_store(settings, store, inputs, slots)
+        except AnandaSkyError as exc:
+            log_to_file_only(logging.ERROR, str(exc))  # why a run did not start, or stopped
+            raise
         finally:
             close_run_log()
+
+
+def _run_with_store(settings: RunSettings, store: JobStore, inputs, slots) -> ExitCode:
+    # The checkpoint is checked here, in seconds, so a bad one never gets as far as the workers
+    # and the reason is in the run log.
+    model_checksum = checkpoint_checksum(
+        settings.model_dir, cache_file=settings.out_path / STATE_DIR / "model-checksum.json"
+    )
+    check_weight_files(settings.model_dir)
+    prompt = settings.prompt or DEFAULT_PROMPT
+    store.check_fingerprint(
+        settings.fingerprint(model_checksum, prompt), new_config=settings.new_config
+    )
+    store.save_settings(settings.to_stored())
+    coordinator = Coordinator(settings, store, slots, prompt, model_checksum)
+    return coordinator.run(inputs)
 
 
 class Coordinator:
@@ -123,6 +162,7 @@ class Coordinator:
         self.model_checksum = model_checksum
         self.model_name = Path(settings.model_dir).resolve().name
         self.out_dir = settings.out_path
+        self.changes = SourceChanges(store, settings.out_path, settings.ingest, self._new_pool)
         self.max_pixels = _image_pixel_budget(settings.model_dir, settings.impl)
         self.ctx = mp.get_context("spawn")
         self.stopping = False
@@ -157,6 +197,7 @@ class Coordinator:
             # Temp files can only be left where a page was being written and is still pending.
             for relpath in {task.relpath for task in pending}:
                 remove_stale_temp_files(self.out_dir, relpath)
+            self._report_unrecorded_outputs(pending)
             progress = RunProgress(total=len(pending), quiet=self.settings.quiet)
             if pending and not self.stopping:
                 results = self.ctx.Queue()
@@ -170,6 +211,31 @@ class Coordinator:
         if self.fatal is not None:
             raise self.fatal
         return self._finish(progress, time.monotonic() - started)
+
+    def _report_unrecorded_outputs(self, pending) -> None:
+        """Say so when pending pages already have their files: nothing is redone silently.
+
+        A run stopped between writing a page and recording it leaves this for one page per
+        worker; many more mean the job store lost writes (a missing or damaged WAL file, an
+        emptied or rebuilt store).
+        """
+        folders: dict[str, bool] = {}
+        found = 0
+        for task in pending:
+            if task.relpath not in folders:
+                folders[task.relpath] = output_folder(self.out_dir, task.relpath).is_dir()
+            if folders[task.relpath] and page_outputs_complete(
+                self.out_dir, task.relpath, task.page_index + 1, self.settings.formats
+            ):
+                found += 1
+        if found:
+            log.warning(
+                "%d page(s) already have output files in %s but the job store does not record "
+                "them as done (a run stopped between writing and recording them, or the store "
+                "lost its latest writes); they are redone and their files replaced",
+                found,
+                self.out_dir / "pages",
+            )
 
     def _process(self, pending, pool, workers, results, progress) -> ProcessPoolExecutor:
         settings = self.settings
@@ -187,6 +253,7 @@ class Coordinator:
                         task.page_index,
                         settings.ingest,
                         self.max_pixels,
+                        registered_of(task),
                     )
                     future.add_done_callback(lambda _f: results.put(None))
                     loading[future] = task
@@ -217,7 +284,11 @@ class Coordinator:
             except BrokenProcessPool:
                 broken = True
                 result = LoadFailure("a page loader process died while reading this page", True)
-            if isinstance(result, LoadFailure):
+            if self.changes.is_stale(task):
+                continue  # its file was registered again since; its new pages are queued
+            if isinstance(result, SourceChanged):
+                self.changes.handle(task, pending)
+            elif isinstance(result, LoadFailure):
                 log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
                 state = self.store.record_failure(
                     task.page_id,
@@ -288,15 +359,51 @@ class Coordinator:
                 self._retry_or_fail(pages, error, ready, progress)
                 return
             for page, recognition in zip(pages, message.recognitions, strict=True):
-                self._record_page(page, recognition, worker.slot.label, per_page_s, len(pages))
-                stats.pages += 1
-                progress.page_done()
+                if self._record_page(page, recognition, worker.slot.label, per_page_s, len(pages)):
+                    stats.pages += 1
+                    progress.page_done()
         elif isinstance(message, BatchFailed):
             pages = worker.finished(message.batch_id)
             log.error("batch on %s failed: %s", worker.slot.label, message.error)
             self._retry_or_fail(pages, message.error, ready, progress)
 
-    def _record_page(self, page: ReadyPage, recognition: Recognition, device, infer_s, batch):
+    def _record_page(
+        self, page: ReadyPage, recognition: Recognition, device, infer_s, batch
+    ) -> bool:
+        """Write the page's files, then mark it done; False (page pending) when OUT fails."""
+        if self.changes.is_stale(page.task):
+            return False  # its file changed since it was loaded: never written
+        if self.fatal is not None:
+            self._requeue_quietly([page.task.page_id])
+            return False
+        try:
+            self._write_and_mark_done(page, recognition, device, infer_s, batch)
+        except (OSError, sqlite3.OperationalError) as err:
+            # Disk full, read-only remount, I/O error: no further page can be finished, so the
+            # run stops taking pages; this one stays pending and the next run redoes it.
+            where = self.out_dir / "pages" / page.task.relpath
+            self.fatal = (
+                output_access_error(where, err)
+                if isinstance(err, OSError)
+                else store_error(err, self.out_dir / STATE_DIR / DB_NAME)
+            )
+            task = page.task
+            log_to_file_only(
+                logging.ERROR, f"{task.relpath} page {task.page_index + 1}: {self.fatal}"
+            )
+            self._requeue_quietly([page.task.page_id])
+            return False
+        return True
+
+    def _requeue_quietly(self, page_ids: list[int]) -> None:
+        """Put pages back to pending if the store can still be written; if it cannot, the next
+        run does it anyway (pages left 'running' go back to pending when a run opens OUT)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.store.requeue(page_ids)
+
+    def _write_and_mark_done(
+        self, page: ReadyPage, recognition: Recognition, device, infer_s, batch
+    ) -> None:
         task = page.task
         started = time.perf_counter()
         # The page at full resolution (the file's pixels, or the PDF at --dpi), not the copy
@@ -345,6 +452,8 @@ class Coordinator:
 
     def _retry_or_fail(self, pages: list[ReadyPage], error: str, ready, progress) -> None:
         for page in pages:
+            if self.changes.is_stale(page.task):
+                continue
             state = self.store.record_failure(
                 page.task.page_id, error, max_attempts=self.settings.max_attempts
             )
@@ -412,6 +521,10 @@ class Coordinator:
 
     def _start_workers(self, results) -> dict[int, DeviceWorker]:
         options = self._worker_options()
+        announce(
+            f"loading the model ({self.model_name}) on {self._slot_list()} ...",
+            self.settings.quiet,
+        )
         return {
             worker_id: DeviceWorker.start(self.ctx, worker_id, slot, options, results)
             for worker_id, slot in enumerate(self.slots)
@@ -447,7 +560,7 @@ class Coordinator:
                 page.task.page_id for batch in worker.outstanding.values() for page in batch
             ]
             if in_flight:
-                self.store.requeue(in_flight)
+                self._requeue_quietly(in_flight)
             if self.aborting or self.fatal is not None:
                 worker.kill()
             else:
@@ -462,7 +575,10 @@ class Coordinator:
                 print("\n".join(lines))
             for line in lines:
                 log.info(line)
-            write_run_summary(self.out_dir, progress, self.progress_stages, wall_s, totals)
+            try:
+                write_run_summary(self.out_dir, progress, self.progress_stages, wall_s, totals)
+            except OSError as err:
+                raise output_access_error(self.out_dir / "run-summary.json", err) from None
         if self.stopping:
             return ExitCode.INTERRUPTED
         if totals.get("failed", 0) or totals.get("failed_documents", 0):

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.errors import BadArguments, ExitCode
 from pipeline.job_backend import StoreSummary
 from pipeline.store import JobStore
+from pipeline.store_connect import reported_store_errors
 
 _SHOWN_FAILURES = 50
 
@@ -71,7 +72,7 @@ def _text_lines(report: dict) -> list[str]:
 def print_status(out_dir: Path, *, as_json: bool = False) -> ExitCode:
     if not (Path(out_dir) / ".anandasky").is_dir():
         raise BadArguments(f"{out_dir} holds no run: start one with `anandasky-batch run`")
-    with JobStore.open(out_dir, exclusive=False) as store:
+    with reported_store_errors(out_dir), JobStore.open(out_dir, exclusive=False) as store:
         report = status_report(store.summary())
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -13,8 +13,6 @@ its SQLite implementation. A Ray or remote backend implements the same methods.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import importlib.resources
 import itertools
 import json
 import os
@@ -26,7 +24,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from . import store_inputs
-from .errors import BadArguments, ConfigMismatch, OutputInUse
+from .errors import ConfigMismatch
 from .job_backend import (
     DeviceStats,
     DocumentPages,
@@ -41,11 +39,19 @@ from .job_backend import (
 )
 from .names import db_text as _db_text
 from .names import py_text as _py_text
+from .store_connect import (
+    DB_NAME,
+    LOCK_NAME,
+    STATE_DIR,
+    check_not_emptied,
+    connect_readonly,
+    connect_writer,
+    ensure_writable_folder,
+    set_aside_damaged_store,
+    store_error,
+    take_run_lock,
+)
 
-SCHEMA_VERSION = 2  # 2 added skipped_files and removed_sources; 1 stays readable
-STATE_DIR = ".anandasky"
-DB_NAME = "jobs.sqlite"
-LOCK_NAME = "run.lock"
 PAGE_STATES = ("pending", "running", "done", "failed")
 INFER_KEY = "infer_s"  # the timings key whose sum `summary()` reports per device
 
@@ -82,6 +88,7 @@ class JobStore(JobBackend):
     def __init__(self, out_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
         self.out_dir = out_dir
         self.readonly = lock_fd is None
+        self.damaged_copy: Path | None = None  # where --recover-store put a damaged store
         self._conn = conn
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()  # the coordinator may call from several threads
@@ -89,30 +96,40 @@ class JobStore(JobBackend):
     # ---- opening and closing -------------------------------------------------------------
 
     @classmethod
-    def open(cls, out_dir: Path | str, *, exclusive: bool = True) -> JobStore:
+    def open(
+        cls, out_dir: Path | str, *, exclusive: bool = True, recover: bool = False
+    ) -> JobStore:
         """Open the store of `out_dir`.
 
         exclusive=True is for runs: creates the store if needed, takes the run lock (else
         OutputInUse) and puts pages a crashed run left 'running' back to 'pending'.
         exclusive=False is for `status`/`export` beside a live run: read-only, never blocks it.
+        recover=True first moves a store that is damaged (or emptied) aside, so a fresh one
+        is built; the pages are then redone.
         """
         out_dir = Path(out_dir)
         state_dir = out_dir / STATE_DIR
         db_path = state_dir / DB_NAME
         if not exclusive:
-            return cls(out_dir, _connect_readonly(out_dir, db_path), None)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = _take_run_lock(out_dir, state_dir / LOCK_NAME)
+            return cls(out_dir, connect_readonly(out_dir, db_path), None)
+        ensure_writable_folder(out_dir)
+        lock_fd = take_run_lock(out_dir, state_dir / LOCK_NAME)
         try:
-            conn = _connect_writer(db_path)
+            set_aside = set_aside_damaged_store(db_path) if recover else None
+            check_not_emptied(out_dir, db_path)
+            conn = connect_writer(db_path)
+            store = cls(out_dir, conn, lock_fd)
+            store.damaged_copy = set_aside
+            with store._write():
+                conn.execute(
+                    "UPDATE pages SET state = 'pending', started_at = NULL WHERE state = 'running'"
+                )
+        except sqlite3.Error as err:
+            os.close(lock_fd)
+            raise store_error(err, db_path) from None
         except BaseException:
             os.close(lock_fd)
             raise
-        store = cls(out_dir, conn, lock_fd)
-        with store._write():
-            conn.execute(
-                "UPDATE pages SET state = 'pending', started_at = NULL WHERE state = 'running'"
-            )
         return store
 
     def close(self) -> None:
@@ -306,14 +323,18 @@ class JobStore(JobBackend):
 
     # ---- pages ---------------------------------------------------------------------------
 
-    def pending_pages(self, limit: int | None = None) -> list[PageTask]:
-        """Pending pages in document (relpath) and page order; `limit` bounds the list."""
+    def pending_pages(
+        self, limit: int | None = None, *, doc_id: int | None = None
+    ) -> list[PageTask]:
+        """Pending pages (of one document if `doc_id`) in document (relpath) and page order,
+        with their document's registration; `limit` bounds the list."""
         with self._mutex:
             rows = self._conn.execute(
-                "SELECT p.id, p.doc_id, d.relpath, d.path, p.page_index, d.page_count, p.attempts "
-                "FROM pages p JOIN documents d ON d.id = p.doc_id "
-                "WHERE p.state = 'pending' ORDER BY d.relpath, p.page_index LIMIT ?",
-                (-1 if limit is None else limit,),
+                "SELECT p.id, p.doc_id, d.relpath, d.path, p.page_index, d.page_count, p.attempts, "
+                "d.size, d.mtime_ns, d.sha256 FROM pages p JOIN documents d ON d.id = p.doc_id "
+                "WHERE p.state = 'pending' AND (?1 IS NULL OR p.doc_id = ?1) "
+                "ORDER BY d.relpath, p.page_index LIMIT ?2",
+                (doc_id, -1 if limit is None else limit),
             ).fetchall()
         return [PageTask(r[0], r[1], _py_text(r[2]), _py_text(r[3]), *r[4:]) for r in rows]
 
@@ -492,84 +513,3 @@ def _insert_pages(
         f"{verb} INTO pages (doc_id, page_index) VALUES (?, ?)",
         ((doc_id, i) for i in range(page_count)),
     )
-
-
-def _take_run_lock(out_dir: Path, lock_path: Path) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise OutputInUse(
-            f"{out_dir} is in use by another anandasky-batch run{who}. Wait for it to finish or "
-            f"stop it, then run again; `anandasky-batch status {out_dir}` shows its progress "
-            "meanwhile. To run something else at the same time, choose another output folder."
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _not_a_store(db_path: Path, err: Exception) -> BadArguments:
-    return BadArguments(
-        f"{db_path} is not a readable anandasky-batch job store ({err}). Move the "
-        f"{STATE_DIR} folder aside to start this output folder afresh, or choose another one."
-    )
-
-
-def _check_version(conn: sqlite3.Connection, db_path: Path) -> int:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise BadArguments(
-            f"{db_path} was written by a newer anandasky-batch (job store version {version}, "
-            f"this one reads up to {SCHEMA_VERSION}). Upgrade anandasky-batch to use this "
-            "output folder."
-        )
-    return version
-
-
-def _connect_writer(db_path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if _check_version(conn, db_path) < SCHEMA_VERSION:
-            ddl = importlib.resources.files("pipeline.schemas").joinpath("jobstore.sql")
-            conn.executescript(
-                f"BEGIN;\n{ddl.read_text(encoding='utf-8')}\n"
-                f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-            )
-    except sqlite3.DatabaseError as err:
-        conn.close()
-        raise _not_a_store(db_path, err) from err
-    return conn
-
-
-def _connect_readonly(out_dir: Path, db_path: Path) -> sqlite3.Connection:
-    if not db_path.is_file():
-        raise BadArguments(
-            f"{out_dir} holds no anandasky-batch job store ({db_path} is missing): nothing has "
-            "run into this folder yet. Check the path, or start a run with it as output folder."
-        )
-    uri = db_path.resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        if _check_version(conn, db_path) == 0:  # version 1 reads fine: its new tables
-            raise BadArguments(  # simply do not exist yet
-                f"{db_path} is not finished being created; run again once the run has started."
-            )
-    except sqlite3.DatabaseError as err:
-        conn.close()
-        raise _not_a_store(db_path, err) from err
-    except BaseException:
-        conn.close()
-        raise
-    return conn

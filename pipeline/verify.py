@@ -35,6 +35,7 @@ import json
 import math
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -234,6 +235,7 @@ def verify(
     reference_impl: str | None = None,
     prompt: str = DEFAULT_PROMPT,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: Callable[[str], None] = lambda _line: None,
 ) -> VerifyReport:
     """Compare the target side against CPU float32 and write `out_path` (None: do not write).
 
@@ -247,15 +249,18 @@ def verify(
         raise BadArguments(f"--max-new-tokens {max_new_tokens}: use at least 1")
     model_dir = Path(model_dir)
     ref_dir = Path(reference_dir) if reference_dir is not None else model_dir
+    progress(f"loading {model_dir} on {device} ({dtype or 'default dtype'}) ...")
     target = probe_for(load_recognizer(model_dir, device, dtype, impl))
     ref_impl = reference_impl or target.impl
+    progress(f"loading the reference {ref_dir} on cpu (float32) ...")
     reference = probe_for(load_recognizer(ref_dir, "cpu", "float32", ref_impl))
     paths = [Path(p) for p in images] if images else default_images()
     max_pixels = min(target.recognizer.max_image_pixels, reference.recognizer.max_image_pixels)
     pages = _load_pages(paths, max_pixels)
 
     results, tgt_rows, ref_rows, self_agree = [], [], [], []
-    for path, page in zip(paths, pages, strict=True):
+    for number, (path, page) in enumerate(zip(paths, pages, strict=True), start=1):
+        progress(f"page {number}/{len(paths)}: {path}")
         ref_ids, ref_stop = reference.greedy(page, prompt, max_new_tokens)
         tgt_ids, tgt_stop = target.greedy(page, prompt, max_new_tokens)
         a = target.forced_logits(page, prompt, ref_ids)
@@ -410,7 +415,7 @@ def format_table(report: VerifyReport) -> str:
 
 def run_verify(**kwargs: Any) -> int:
     """CLI entry: verify, print the table, return the exit code."""
-    report = verify(**kwargs)
+    report = verify(**kwargs, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(report))
     if kwargs.get("out_path") is not None:
         print(f"wrote {kwargs['out_path']}")

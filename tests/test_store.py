@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from pipeline.errors import BadArguments, ConfigMismatch, ExitCode, OutputInUse
+from pipeline.errors import BadArguments, ConfigMismatch, ExitCode, OutputInUse, StoreDamaged
 from pipeline.job_backend import JobBackend
 from pipeline.store import JobStore
 
@@ -69,10 +69,10 @@ def test_store_lives_in_the_output_folder_in_wal_mode(tmp_path, store):
     conn.close()
 
 
-def test_unreadable_store_file_is_a_clear_user_error(tmp_path):
+def test_unreadable_store_file_is_reported_as_damaged_with_the_way_forward(tmp_path):
     (tmp_path / ".anandasky").mkdir()
     (tmp_path / ".anandasky" / "jobs.sqlite").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(BadArguments, match="not a readable anandasky-batch job store"):
+    with pytest.raises(StoreDamaged, match="is damaged .*--recover-store"):
         JobStore.open(tmp_path)
     JobStore.open(tmp_path / "elsewhere").close()  # the failed open released the lock
 

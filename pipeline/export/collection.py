@@ -11,6 +11,7 @@ from pipeline.errors import BadArguments
 from pipeline.job_backend import JobBackend, printable
 from pipeline.outputs import PAGES_DIR
 from pipeline.store import STATE_DIR, JobStore
+from pipeline.store_connect import reported_store_errors
 
 from . import alto_pages, hocr, mets, page_xml, txt
 from .archive import archive_path, write_archive
@@ -110,7 +111,11 @@ def export_collection(
     out_dir, to = Path(os.path.abspath(out_dir)), Path(os.path.abspath(to))
     _check_destination(out_dir, to)
     report = ExportReport(out_dir, to, options)
-    with JobStore.open(out_dir, exclusive=False) as store, locked(to):
+    with (
+        reported_store_errors(out_dir),
+        JobStore.open(out_dir, exclusive=False) as store,
+        locked(to),
+    ):
         delivery = Delivery(to)
         delivery.remove_stale_temp_files()
         report.documents, report.not_exported_documents = _export_documents(

@@ -76,6 +76,37 @@ def locate(model_dir: str | Path) -> CheckpointFiles:
     return CheckpointFiles(root, root / CONFIG_FILE, root / TOKENIZER_FILE, weights, index)
 
 
+def check_weight_files(model_dir: str | Path) -> None:
+    """Catch a truncated or garbled safetensors file in milliseconds, before workers start.
+
+    Reads only each file's header: the byte ranges it promises must fit the file's size. A
+    worker finding this out after loading half a checkpoint would cost the run its start-up.
+    """
+    for path in locate(model_dir).weights:
+        size = path.stat().st_size
+        try:
+            with path.open("rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                if not 2 <= header_len <= min(size - 8, 100 << 20):
+                    raise ValueError("header length out of range")
+                header = json.loads(fh.read(header_len))
+            ends = [
+                int(entry["data_offsets"][1])
+                for name, entry in header.items()
+                if name != "__metadata__"
+            ]
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({exc}); copy it again"
+            ) from exc
+        needed = 8 + header_len + max(ends, default=0)
+        if needed > size:
+            raise CheckpointError(
+                f"{path} is truncated: its header promises {needed} bytes, the file has {size}; "
+                "copy it again"
+            )
+
+
 def _read_index(index: Path) -> dict[str, str]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
