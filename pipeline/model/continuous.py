@@ -54,6 +54,43 @@ def plan_slots(reserved: int, count: int, max_batch: int | None, token_budget: i
     return max(slots, 1)
 
 
+class EncodeAhead:
+    """An `EmbedFn` that encodes pages `chunk` at a time, in order, ahead of their admission.
+
+    The vision encoder and the packed prompt run far better on a batch of images than on one;
+    pages enter the batch in the caller's order, so the next `chunk` pages are encoded together
+    when the first of them is needed (at most `chunk` prompts are held at once).
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[list[int]], tuple[torch.Tensor, list[int]]],
+        lengths: Sequence[int],
+        chunk: int,
+    ) -> None:
+        self.encode = encode
+        self.lengths = list(lengths)
+        self.chunk = max(chunk, 1)
+        self.ready: dict[int, torch.Tensor] = {}
+        self.used: set[int] = set()
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        for index in indices:
+            if index not in self.ready:
+                self._encode_from(index, max(self.chunk, len(indices)))
+        self.used.update(indices)
+        return torch.cat([self.ready.pop(i) for i in indices])
+
+    def _encode_from(self, start: int, count: int) -> None:
+        later = range(start, len(self.lengths))
+        todo = [i for i in later if i not in self.ready and i not in self.used][:count]
+        embeds, got = self.encode(todo)
+        if got != [self.lengths[i] for i in todo]:  # the processor and the plan disagree
+            raise RuntimeError(f"prompt lengths {got} differ from the planned ones")
+        for i, part in zip(todo, torch.split(embeds, got), strict=True):
+            self.ready[i] = part
+
+
 class ContinuousEngine:
     """The runner: owns the batch's device tensors; the scheduler decides which pages run."""
 

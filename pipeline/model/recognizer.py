@@ -17,7 +17,7 @@ from pipeline.errors import BadArguments, CheckpointError
 from pipeline.model.attention import sdpa_backends
 from pipeline.model.checkpoint import checkpoint_checksum, load_model, locate
 from pipeline.model.config import DEFAULT_PROMPT, AnandaSkyConfig
-from pipeline.model.continuous import ContinuousEngine
+from pipeline.model.continuous import ContinuousEngine, EncodeAhead
 from pipeline.model.decoder import NativeDecoder
 from pipeline.model.devices import activate, dtype_name, inference, resolve_device, resolve_dtype
 from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard, resolve_guard
@@ -158,12 +158,11 @@ class Recognizer:
             for im in images
         ]
 
-        def embed(indices: list[int]) -> torch.Tensor:
-            embeds, got = self._prompt_embeddings([images[i] for i in indices], prompt)
-            if got != [lengths[i] for i in indices]:  # the processor and the plan disagree
-                raise RuntimeError(f"prompt lengths {got} differ from the planned ones")
-            return embeds
+        def encode(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+            return self._prompt_embeddings([images[i] for i in indices], prompt)
 
+        # Pages arrive one or two at a time; their images are encoded a batch at a time ahead.
+        embed = EncodeAhead(encode, lengths, chunk=max_batch or len(images))
         return ContinuousEngine(self.engine).generate(
             lengths,
             embed,
