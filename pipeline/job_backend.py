@@ -53,6 +53,10 @@ class PageTask:
     page_index: int  # 0-based
     page_count: int
     attempts: int
+    # The document's registration, checked when the page is loaded (`pipeline.source_changes`).
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,9 @@ class JobBackend(abc.ABC):
     def prune_removed(self) -> list[str]: ...
 
     @abc.abstractmethod
-    def pending_pages(self, limit: int | None = None) -> list[PageTask]: ...
+    def pending_pages(
+        self, limit: int | None = None, *, doc_id: int | None = None
+    ) -> list[PageTask]: ...
 
     @abc.abstractmethod
     def mark_running(self, page_ids: Iterable[int], device: str) -> None: ...

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.ingest import DocumentInfo, IngestSettings, load_page, probe_document
+from pipeline.source_changes import Registered, SourceChanged, source_changed
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,21 @@ def _memory_failure(exc: MemoryError) -> LoadFailure:
 
 
 def load_page_image(
+    path: str,
+    page_index: int,
+    settings: IngestSettings,
+    max_pixels: int | None,
+    registered: Registered | None = None,
+) -> LoadedImage | LoadFailure | SourceChanged:
+    """One page, or why not; SourceChanged when the file no longer holds what was registered
+    (checked before loading, and after: a file overwritten while it was read may even fail)."""
+    if changed := source_changed(Path(path), registered):
+        return changed
+    result = _load(path, page_index, settings, max_pixels)
+    return source_changed(Path(path), registered) or result
+
+
+def _load(
     path: str, page_index: int, settings: IngestSettings, max_pixels: int | None
 ) -> LoadedImage | LoadFailure:
     started = time.perf_counter()

@@ -109,6 +109,15 @@ class DocumentRegistrar:
             )
             raise NothingToDo(f"nothing to do: {given} holds {found}; check the input path")
 
+    def reregister(self, source: SourceFile) -> None:
+        """A file overwritten during the run: probe it again and register what it holds now."""
+        try:
+            stat = source.path.stat()
+        except OSError as exc:
+            self._fail(source, f"unreadable file: {exc.strerror}", None)
+            return
+        self._register_one_by_one([(source, stat)]).shutdown(wait=False, cancel_futures=True)
+
     def _register_one_by_one(self, remaining: list) -> ProcessPoolExecutor:
         """After a crash every queued probe is lost; redo them alone to find the culprit."""
         pool = self.new_pool()

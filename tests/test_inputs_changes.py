@@ -1,0 +1,115 @@
+"""An input overwritten while a run reads it: noticed when a page is loaded, redone from its new
+content under a new registration, never written under the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TESTDATA, assert_valid_alto
+
+from pipeline.errors import ExitCode
+from pipeline.ingest import IngestSettings
+from pipeline.page_loader import LoadedImage, load_page_image
+from pipeline.source_changes import Registered, SourceChanged
+from pipeline.store import JobStore
+
+JPG_A = TESTDATA / "pages/vertical/jp_vert.jpg"
+JPG_B = TESTDATA / "pages/vertical/ndl_3508165_9.jpg"
+PDF_6 = TESTDATA / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
+PDF_3 = TESTDATA / "pages/pdf/olmocr_mattsnotes_3p.pdf"
+
+
+def registered(path: Path) -> Registered:
+    info = path.stat()
+    return Registered(info.st_size, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_a_page_of_an_overwritten_file_is_reported_changed_not_loaded(tmp_path):
+    page = tmp_path / "scan.jpg"
+    shutil.copyfile(JPG_A, page)
+    identity = registered(page)
+    shutil.copyfile(JPG_B, page)  # overwritten in place with another scan
+    result = load_page_image(str(page), 0, IngestSettings(dpi=100), None, identity)
+    assert isinstance(result, SourceChanged)
+
+
+def test_a_touched_file_with_the_same_content_still_loads(tmp_path):
+    page = tmp_path / "scan.jpg"
+    shutil.copyfile(JPG_A, page)
+    identity = registered(page)
+    os.utime(page, ns=(identity.mtime_ns + 10**9, identity.mtime_ns + 10**9))
+    result = load_page_image(str(page), 0, IngestSettings(dpi=100), None, identity)
+    assert isinstance(result, LoadedImage)
+
+
+def _done_pages(out: Path) -> int:
+    try:
+        with JobStore.open(out, exclusive=False) as store:
+            return store.summary().pages["done"]
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_document_overwritten_during_the_run_is_redone_from_its_new_content(
+    tmp_path, tiny_model_dir
+):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    doc = scans / "doc.pdf"
+    shutil.copyfile(PDF_6, doc)
+    out = tmp_path / "out"
+    slow = ["--max-new-tokens", "150", "--no-repetition-guard", "--batch-size", "1"]
+    args = ["run", str(scans), "--out", str(out), "--model", str(tiny_model_dir), "--quiet"]
+    args += ["--device", "cpu", "--workers", "1", "--loaders", "1", "--dpi", "60", *slow]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _done_pages(out) < 1:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no page done in 300 s"
+            time.sleep(0.05)
+        replacement = tmp_path / "new.pdf"
+        shutil.copyfile(PDF_3, replacement)
+        os.replace(replacement, doc)  # as a sync tool delivers a corrected file
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    assert process.returncode == ExitCode.OK, stderr
+    assert "doc.pdf changed while this run was reading it" in (out / "run.log").read_text()
+    files = sorted(p.name for p in (out / "pages/doc.pdf").iterdir())
+    assert files == [f"000{n}{ext}" for n in (1, 2, 3) for ext in (".alto.xml", ".txt")]
+    for n in (1, 2, 3):
+        assert_valid_alto((out / f"pages/doc.pdf/000{n}.alto.xml").read_bytes())
+    with JobStore.open(out, exclusive=False) as store:
+        known = store.known_document("doc.pdf")
+        summary = store.summary()
+    assert known.sha256 == hashlib.sha256(PDF_3.read_bytes()).hexdigest()
+    assert known.page_count == 3
+    assert summary.pages == {"pending": 0, "running": 0, "done": 3, "failed": 0}
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "cli", "status", str(out), "--json"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        ).stdout
+    )
+    assert status["documents"]["done"] == 1 and status["documents"]["failed"] == 0
