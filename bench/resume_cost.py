@@ -58,7 +58,7 @@ def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path
     """Inputs in boxes of 100 files, each registered and every page marked done."""
     from pipeline.ingest import IngestSettings, discover, probe_document
     from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
-    from pipeline.settings import RunSettings
+    from pipeline.settings import RunSettings, model_code_checksum
     from pipeline.store import JobStore
 
     started = time.perf_counter()
@@ -73,7 +73,13 @@ def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path
     )
     with JobStore.open(out) as store:
         store.check_fingerprint(
-            settings.fingerprint(checkpoint_checksum(model), DEFAULT_PROMPT), new_config=False
+            settings.fingerprint(
+                checkpoint_checksum(model),
+                DEFAULT_PROMPT,
+                device_type="cpu",
+                code_checksum=model_code_checksum(model),
+            ),
+            new_config=False,
         )
         store.save_settings(settings.to_stored())
         for source in discover([inputs]):

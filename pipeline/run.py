@@ -52,7 +52,7 @@ from pipeline.progress import (
 from pipeline.rasterize import require_poppler
 from pipeline.records import Recognition
 from pipeline.registration import DocumentRegistrar
-from pipeline.settings import RunSettings
+from pipeline.settings import RunSettings, model_code_checksum
 from pipeline.source_changes import SourceChanged, SourceChanges, registered_of
 from pipeline.store import JobStore
 from pipeline.store_connect import (
@@ -138,9 +138,21 @@ def _run_with_store(settings: RunSettings, store: JobStore, inputs, slots) -> Ex
     )
     check_weight_files(settings.model_dir)
     prompt = settings.prompt or DEFAULT_PROMPT
-    store.check_fingerprint(
-        settings.fingerprint(model_checksum, prompt), new_config=settings.new_config
+    fingerprint = settings.fingerprint(
+        model_checksum,
+        prompt,
+        device_type=slots[0].device_type,
+        code_checksum=model_code_checksum(settings.model_dir),
     )
+    for key in store.check_fingerprint(fingerprint, new_config=settings.new_config):
+        log.warning(
+            "this output folder was started by a version that did not record %s; recorded "
+            "now as %s. Pages done earlier are kept: if they were made with another %s, run "
+            "again with --new-config",
+            key,
+            fingerprint[key],
+            key,
+        )
     store.save_settings(settings.to_stored())
     coordinator = Coordinator(settings, store, slots, prompt, model_checksum)
     return coordinator.run(inputs)

@@ -7,11 +7,15 @@ devices, worker counts and batch sizes may change between a run and its resumpti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import CheckpointError
 from pipeline.ingest import IngestSettings
+from pipeline.model.checkpoint import locate
+from pipeline.model.config import AnandaSkyConfig, canonical_dtype
 from pipeline.selection import InputFilter
 
 OUTPUT_FORMATS = ("alto", "txt")
@@ -103,9 +107,33 @@ class RunSettings:
     def out_path(self) -> Path:
         return Path(self.out_dir)
 
-    def fingerprint(self, model_checksum: str, prompt: str) -> dict:
+    def resolved_dtype(self, device_type: str) -> str:
+        """The dtype the workers compute in: `--dtype`, else the device's default."""
+        if self.dtype is None:
+            return "float32" if device_type == "cpu" else "bfloat16"
+        return canonical_dtype(self.dtype)
+
+    def resolved_impl(self) -> str:
+        """`--impl`, with `auto` decided without importing torch: a folder whose config.json is
+        a native config runs natively, any other (remote code) runs its own code."""
+        if self.impl != "auto":
+            return self.impl
+        try:
+            AnandaSkyConfig.load(Path(self.model_dir) / "config.json")
+        except CheckpointError:
+            return "remote"
+        return "native"
+
+    def fingerprint(
+        self, model_checksum: str, prompt: str, *, device_type: str, code_checksum: str
+    ) -> dict:
+        """What decides the text: the model (weights, tokenizer, config and its own code),
+        the prompt, rendering, generation, and the numbers it computes in (dtype, impl)."""
         return {
             "model_checksum": model_checksum,
+            "code_checksum": code_checksum,
+            "dtype": self.resolved_dtype(device_type),
+            "impl": self.resolved_impl(),
             "prompt": prompt,
             "dpi": self.dpi,
             "rasterizer": self.rasterizer,
@@ -128,3 +156,20 @@ class RunSettings:
                 values[key] = tuple(values[key])
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def model_code_checksum(model_dir: str | Path) -> str:
+    """sha256 over the model folder's own code and settings files that the weights checksum
+    leaves out: remote-code `.py` files and `.json` files such as preprocessor_config.json.
+
+    Editing a remote `modeling_*.py` changes the transcriptions as surely as new weights do.
+    """
+    hashed = {path.name for path in locate(model_dir).hashed}
+    root = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
+        if path.name in hashed or not path.is_file():
+            continue
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

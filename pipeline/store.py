@@ -183,17 +183,27 @@ class JobStore(JobBackend):
             (text, now, now),
         )
 
-    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> None:
+    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> list[str]:
         """Refuse to mix results made under different settings in one output folder.
 
         With new_config=True a different fingerprint replaces the stored one and every page is
         redone, in one transaction. An unchanged fingerprint never resets anything, so rerunning
         the same command (flag included) after a crash resumes instead of starting over.
+
+        A store made by an older version lacks keys added to the fingerprint since (dtype, impl,
+        code_checksum): if every key it has still matches, the new keys are recorded from now on
+        and returned, for the caller to say so; its pages are kept, as that version kept them.
         """
         row = self._config_row()
         old = json.loads(row[0]) if row and row[0] else None
-        if old == json.loads(json.dumps(fingerprint, sort_keys=True)):
-            return
+        new = json.loads(json.dumps(fingerprint, sort_keys=True))
+        if old == new:
+            return []
+        added = sorted(new.keys() - old.keys()) if old is not None else []
+        if added and not new_config and all(old[key] == new.get(key) for key in old):
+            with self._write() as db:
+                self._set_config(db, "fingerprint", fingerprint)
+            return added
         if old is not None and not new_config:
             changes = "; ".join(describe_differences(old, fingerprint))
             raise ConfigMismatch(
@@ -210,6 +220,7 @@ class JobStore(JobBackend):
                     "error = NULL, timings = NULL, infer_s = NULL, confidence = NULL, "
                     "num_tokens = NULL, stop_reason = NULL, started_at = NULL, finished_at = NULL"
                 )
+        return []
 
     def save_settings(self, settings: dict) -> None:
         with self._write() as db:

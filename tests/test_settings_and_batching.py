@@ -14,19 +14,19 @@ def settings(**overrides) -> RunSettings:
     return RunSettings(inputs=("scans",), out_dir="out", model_dir="weights/m", **overrides)
 
 
+def _fingerprint(s: RunSettings, checksum: str = "abc") -> dict:
+    return s.fingerprint(
+        checksum, "Recognize the text in this image.", device_type="cpu", code_checksum="c0de"
+    )
+
+
 def test_fingerprint_holds_what_changes_the_text_and_nothing_else():
-    base = settings().fingerprint("abc", "Recognize the text in this image.")
-    assert base == settings(workers=4, batch_size=2, device="cpu", loaders=3).fingerprint(
-        "abc", "Recognize the text in this image."
-    )
-    assert base != settings(dpi=200).fingerprint("abc", "Recognize the text in this image.")
-    assert base != settings(rasterizer="poppler").fingerprint(
-        "abc", "Recognize the text in this image."
-    )
-    assert base != settings(max_new_tokens=10).fingerprint(
-        "abc", "Recognize the text in this image."
-    )
-    assert base != settings().fingerprint("abd", "Recognize the text in this image.")
+    base = _fingerprint(settings())
+    assert base == _fingerprint(settings(workers=4, batch_size=2, device="cpu", loaders=3))
+    assert base != _fingerprint(settings(dpi=200))
+    assert base != _fingerprint(settings(rasterizer="poppler"))
+    assert base != _fingerprint(settings(max_new_tokens=10))
+    assert base != _fingerprint(settings(), "abd")
 
 
 def test_stored_settings_never_hold_the_pdf_password_and_round_trip():

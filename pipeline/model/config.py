@@ -16,6 +16,16 @@ from typing import Any
 
 from pipeline.errors import CheckpointError
 
+# Other names users give the dtypes (`--dtype bf16`); read without torch by the run fingerprint.
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+
+
+def canonical_dtype(name: str) -> str:
+    """`bf16` -> `bfloat16`; a name that is no alias is returned lower-cased."""
+    name = name.strip().lower()
+    return DTYPE_ALIASES.get(name, name)
+
+
 DEFAULT_PROMPT = "Recognize the text in this image."
 """The prompt the published model was trained with; part of a run's config fingerprint."""
 

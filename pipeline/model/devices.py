@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.errors import BadArguments, MissingDependency
+from pipeline.model.config import canonical_dtype
 
 _AUTOLOAD_HINT = (
     "Install and source the Ascend CANN toolkit, or, if this machine has no Ascend NPU, set "
@@ -44,7 +45,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float32": torch.float32,
 }
-_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|npu)(?::(\d+))?$")
 
 
@@ -159,7 +159,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if dtype not in DTYPES.values():
             raise BadArguments(f"unsupported dtype {dtype}; use one of {sorted(DTYPES)}")
         return dtype
-    name = _ALIASES.get(dtype.strip().lower(), dtype.strip().lower())
+    name = canonical_dtype(dtype)
     if name not in DTYPES:
         raise BadArguments(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[name]
