@@ -15,7 +15,13 @@ from PIL import Image
 from pipeline.images import PAGE_SIZE_KEY, load_image_page
 from pipeline.layout import VERTICAL_RL, DetectorSettings, PageLayout, detect_layout
 from pipeline.layout.geometry import bbox_of
-from pipeline.layout.groundtruth import iou, line_recall, read_gt_lines
+from pipeline.layout.groundtruth import (
+    baseline_offsets,
+    iou,
+    line_recall,
+    read_gt_baselines,
+    read_gt_lines,
+)
 
 PAGES = {
     "notarial": ("pages/handwriting/170025120000003,0074.jpg", "gt/170025120000003,0074.page.xml"),
@@ -48,6 +54,19 @@ def test_line_recall_against_ground_truth_meets_the_floor(page, layouts, testdat
     recall_50, recall_30 = line_recall(found, truth, 0.5), line_recall(found, truth, 0.3)
     assert recall_50 >= floor_50, f"{page}: recall@0.5 {recall_50:.2f} < {floor_50}"
     assert recall_30 >= floor_30, f"{page}: recall@0.3 {recall_30:.2f} < {floor_30}"
+
+
+@pytest.mark.parametrize("page", ["notarial", "medieval"])
+def test_estimated_baselines_lie_near_the_ground_truth_baselines(page, layouts, testdata):
+    """Baselines are estimates (the lower edge of the detector's text kernel); on both
+    handwritten pages they lie within a tenth of a line's height of the annotated ones."""
+    layout = layouts[page]
+    truth = read_gt_baselines(testdata / PAGES[page][1])
+    offsets = baseline_offsets(list(layout.lines), truth)
+    assert len(offsets) >= 0.8 * len(truth)
+    heights = sorted(ln.height for ln in layout.lines if not ln.vertical)
+    typical = heights[len(heights) // 2]
+    assert sum(abs(o) for o in offsets) / len(offsets) < 0.1 * typical
 
 
 @pytest.mark.parametrize("page", ["jp_vert", "ndl_spread"])

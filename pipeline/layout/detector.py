@@ -103,9 +103,11 @@ class LineDetector:
         """Lines in `page_size` pixel space (default: the image's own size), in no order.
 
         `image` may be a shrunk copy of the page; the coordinates are scaled back to the page.
+        The network's input size follows the page, not the copy, so the text reaches it at the
+        same scale (what its recall depends on) however much the loader shrank the page.
         """
         page_w, page_h = page_size or image.size
-        in_w, in_h = input_size(image.width, image.height, self.settings)
+        in_w, in_h = input_size(page_w, page_h, self.settings)
         pixels = np.asarray(image.convert("RGB").resize((in_w, in_h), Image.Resampling.BILINEAR))
         # the model was trained on BGR input (PaddleOCR reads images with OpenCV)
         tensor = ((pixels[:, :, ::-1].astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
