@@ -162,3 +162,20 @@ def test_exif_rotated_shrunk_page_gives_coordinates_in_the_upright_full_page(
     assert line_recall(found, reference, 0.5) >= 0.85
     best = [max(iou(f, r) for r in reference) for f in found]
     assert sum(b >= 0.5 for b in best) >= 0.85 * len(found)
+
+
+def test_pdf_page_painted_small_gives_coordinates_at_the_requested_dpi(testdata):
+    """A PDF page painted under a pixel budget (as the loaders do for the model) gives lines in
+    the page's pixel space at --dpi, where the same page painted at full size puts them."""
+    from pipeline.ingest import IngestSettings, load_page
+
+    pdf = testdata / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
+    settings = IngestSettings(dpi=150)
+    full = load_page(pdf, 1, settings)
+    small = load_page(pdf, 1, settings, max_pixels=full.width * full.height // 4)
+    assert small.info[PAGE_SIZE_KEY] == full.size and small.width < full.width
+    reference, layout = detect_layout(full, threads=2), detect_layout(small, threads=2)
+    assert (layout.width, layout.height) == full.size
+    assert len(reference.lines) >= 10
+    found, truth = [ln.bbox for ln in layout.lines], [ln.bbox for ln in reference.lines]
+    assert line_recall(found, truth, 0.5) >= 0.85
