@@ -111,6 +111,30 @@ def attention(
     return out.masked_fill(~full.any(dim=-1, keepdim=True), 0.0)
 
 
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """A decode step's attention over a GQA cache without expanding kv heads.
+
+    q `(B, H, 1, D)`, k/v `(B, Hk, Sk, D)`, `mask` None or `(B, 1, 1, Sk)` with at least one key
+    per row. The `G = H / Hk` query heads that share a kv head (heads `kv*G .. kv*G+G-1`, as in
+    Qwen3) are folded into the query length, `(B, Hk, G, D)`: each cached key and value is read
+    once per kv head, no backend repeats the cache (`enable_gqa` or `repeat_interleave`), and
+    the mask broadcasts over the folded queries. Returns `(B, H, 1, D)`.
+    """
+    b, h, q_len, d = q.shape
+    hk = k.shape[1]
+    if q_len != 1 or h == hk:
+        return attention(q, k, v, mask=mask, scale=scale)
+    folded = q.reshape(b, hk, h // hk, d)
+    out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(b, h, 1, d)
+
+
 @functools.cache
 def _npu_causal_mask(device: torch.device) -> torch.Tensor:
     ones = torch.ones(_NPU_MASK_SIZE, _NPU_MASK_SIZE, dtype=torch.bool, device=device)

@@ -15,7 +15,7 @@ import itertools
 import torch
 from torch import nn
 
-from pipeline.model.attention import attention, varlen_attention
+from pipeline.model.attention import decode_attention, varlen_attention
 from pipeline.model.packed import PackedLinears
 
 
@@ -221,7 +221,7 @@ class NativeDecoder:
             cache.v[li, row_idx, :, positions] = v[:, 0]
             keys = cache.k[li, :, :, :key_len]
             values = cache.v[li, :, :, :key_len]
-            out = attention(q, keys, values, mask=mask)  # (B, H, 1, D)
+            out = decode_attention(q, keys, values, mask)  # (B, H, 1, D), kv heads not expanded
             x = x + lin(layer.self_attn.o_proj, out.transpose(1, 2).reshape(rows, 1, -1))
             x = self._mlp_block(layer, x, lin)
         return x[:, 0]
