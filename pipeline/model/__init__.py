@@ -4,7 +4,8 @@ Public API (other stages are written against exactly these names):
 
     load_recognizer(model_dir, device="auto", dtype=None, impl="native") -> Recognizer
     Recognizer.recognize(images, *, prompt=DEFAULT_PROMPT, max_new_tokens=2048,
-                         repetition_guard=True) -> list[Recognition]
+                         repetition_guard=True, max_batch=None, token_budget=None,
+                         schedule="continuous") -> list[Recognition]
     Recognizer.max_image_pixels, Recognizer.image_token_count(width, height)
     Recognizer.device / dtype / model_name / model_checksum / num_parameters
     Recognizer.recognize_with_transformers(images, ...)  # baseline: generate(), one page at a time
