@@ -92,8 +92,12 @@ class Region:
 class PageLayout:
     """Everything the detector learned about one page, in reading order.
 
-    `text_area` covers the main regions (ALTO PrintSpace / the page-mode TextBlock); it is None
-    when no line was found. `detector` is the fingerprint of the settings that produced this.
+    `regions` come in reading order, the main ones first and then the rest (page numbers,
+    stamps, labels), and `lines` follow them region by region, so reading `lines` in order
+    reads each region whole. `reading_order` is the direction decided for the page
+    (`horizontal` or `vertical-rl`, never `auto`). `text_area` covers the main regions (ALTO
+    PrintSpace / the page-mode TextBlock); None when no line was found. `detector` is the
+    fingerprint of the settings that produced this; `seconds` the detection's wall time.
     """
 
     width: int
