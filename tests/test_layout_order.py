@@ -51,6 +51,15 @@ def test_heading_over_two_columns_is_read_first_and_the_columns_do_not_interleav
     assert list(layout.lines) == [heading, *left, *right]
 
 
+def test_full_width_heading_between_two_column_sections_reads_section_by_section():
+    upper = column(100, 900, 100, 5), column(1100, 1900, 100, 5)
+    heading = line(100, 420, 1900, 460)  # 20 px below the upper section: no clean y cut
+    lower = column(100, 900, 480, 5), column(1100, 1900, 480, 5)
+    expected = [*upper[0], *upper[1], heading, *lower[0], *lower[1]]
+    layout = build_layout(shuffled(expected), (2000, 1000))
+    assert list(layout.lines) == expected
+
+
 def test_vertical_columns_read_right_to_left_each_top_to_bottom():
     cols = vertical_column_block(1000, 100, 8)  # already right to left
     # the first column is split in two pieces by a gap in the text: top piece first
