@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -139,3 +140,27 @@ def test_line_detection_needs_boxes_on_both_sides():
     boxed = page("a", "b", boxes=[(0, 0, 10, 10), (0, 20, 10, 30)])
     assert count_page(boxed, boxed, NFC, 0.5)[0].lines.matched == 2
     assert count_page(boxed, page("a", "b"), NFC, 0.5)[0].lines is None
+
+
+def _is_word_by_category(segment: str) -> bool:
+    """dinglehopper's rule, spelled with unicodedata: not only M, P, Z, S, Cc, Cf."""
+    return any(
+        unicodedata.category(c)[0] not in "MPZS" and unicodedata.category(c) not in ("Cc", "Cf")
+        for c in segment
+    )
+
+
+# Characters unassigned in Python's Unicode tables are left out: `regex` may know a newer
+# Unicode version, in which they are symbols.
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=40))
+def test_words_keep_exactly_the_segments_with_a_letter_digit_or_similar(text):
+    segments = regex.split(r"(?wV1)\b", text)
+    assert words(text) == [s for s in segments if s and _is_word_by_category(s)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" \t\n\u00a0\u2003ab.", max_size=30))
+def test_default_whitespace_rule_is_strip_collapse_and_drop_empty_lines(text):
+    lines = (" ".join(line.split()) for line in text.split("\n"))
+    assert NFC.apply(text) == "\n".join(line for line in lines if line)

@@ -15,7 +15,7 @@ from lxml import html
 
 from pipeline.errors import BadArguments
 from pipeline.evaluate import evaluate, render_html, render_table, to_dict
-from pipeline.evaluate.matching import Match, Matcher, read_mapping
+from pipeline.evaluate.matching import Match, Matcher, could_match, read_mapping
 
 SCHEMA = json.loads((REPO / "schemas" / "evaluate.schema.json").read_text(encoding="utf-8"))
 
@@ -47,6 +47,10 @@ DOCS = ["box1/letter.pdf", "box2/letter.pdf", "scans/a.tif", "x/170025120000003,
 )
 def test_gt_names_match_documents_and_pages(gt, expected):
     assert Matcher(DOCS).match(gt) == expected
+    # the pre-filter that lets a huge run keep page states only where GT may match
+    keep = could_match([gt], {})
+    assert expected is None or keep(expected.document)
+    assert not keep("elsewhere/other.pdf")
 
 
 def test_mapping_file_overrides_names_and_rejects_bad_rows(tmp_path):

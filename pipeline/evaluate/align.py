@@ -51,20 +51,16 @@ def count_edits(gt: Sequence[str], pred: Sequence[str], confusions: Counter | No
     a, b = _as_sequences(gt, pred)
     if a == b:
         return Edits()
-    subs = ins = dels = 0
-    for op in Levenshtein.editops(a, b):
-        tag = op.tag
-        if tag == "replace":
-            subs += 1
-            pair = (gt[op.src_pos], pred[op.dest_pos])
-        elif tag == "insert":
-            ins += 1
-            pair = ("", pred[op.dest_pos])
-        else:
-            dels += 1
-            pair = (gt[op.src_pos], "")
-        if confusions is not None:
-            confusions[pair] += 1
+    ops = Levenshtein.editops(a, b).as_list()  # [(tag, gt_pos, pred_pos)]
+    tags = Counter(op[0] for op in ops)
+    if confusions is not None:
+        confusions.update(
+            (gt[i], pred[j])
+            if tag == "replace"
+            else ((gt[i], "") if tag == "delete" else ("", pred[j]))
+            for tag, i, j in ops
+        )
+    subs, ins, dels = tags["replace"], tags["insert"], tags["delete"]
     return Edits(subs, ins, dels)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.errors import BadArguments
 
-from .matching import Match, Matcher, read_mapping
+from .matching import Match, Matcher, could_match, read_mapping
 from .metrics import EVALUATED, PageCounts, Totals, count_page
 from .normalize import Normalization
 from .readers import UnreadableFile, read_pages
@@ -217,9 +217,13 @@ def evaluate(
     _check_arguments(gt, run, pred, iou_threshold)
     ev = Evaluation(gt, run, pred, normalization or Normalization(), iou_threshold)
     gt_files = _gt_files(gt)
-    documents = list(run_documents(run)) if run else folder_documents(pred)
+    names = read_mapping(Path(mapping)) if mapping else {}
+    if run:
+        documents = list(run_documents(run, could_match([r for r, _ in gt_files], names)))
+    else:
+        documents = folder_documents(pred)
     single = documents[0].name if pred and pred.is_file() and gt.is_file() else None
-    matcher = Matcher([d.name for d in documents], read_mapping(Path(mapping)) if mapping else None)
+    matcher = Matcher([d.name for d in documents], names)
     by_doc = _collect_gt(gt_files, matcher, single, ev)
     reader = _PredReader(pred if pred and pred.is_dir() else None)
     known = set()

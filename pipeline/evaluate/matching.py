@@ -71,6 +71,28 @@ class Matcher:
         return self._lookup(strip_suffixes(gt_relpath))
 
 
+def could_match(gt_relpaths: list[str], mapping: dict[str, Match]):
+    """A test `name -> bool` that is False for every document no GT file can match.
+
+    Lets a run of 10^6 pages keep page states only for the documents that have GT, while the
+    store is read once (the full matching needs every document's name first)."""
+    keys = {m.document for m in mapping.values()}
+    for rel in gt_relpaths:
+        name = strip_suffixes(rel)
+        keys.add(name)
+        parent, _, stem = name.rpartition("/")
+        if parent and stem.isdigit():
+            keys.add(parent)
+        if m := _PAGE_SUFFIX.match(name):
+            keys.add(m.group(1))
+    keys |= {k.rsplit("/", 1)[-1] for k in keys}
+
+    def test(document: str) -> bool:
+        return any(f in keys or f.rsplit("/", 1)[-1] in keys for f in _forms(document))
+
+    return test
+
+
 def read_mapping(path: Path) -> dict[str, Match]:
     """{gt relpath: Match} from a `gt,document,page` CSV; one bad row names its line."""
     try:

@@ -24,10 +24,12 @@ _GRAPHEME = regex.compile(r"\X")
 _JOINS = regex.compile(r"[^\p{GCB=Other}\p{GCB=Control}\p{GCB=LF}]")
 _WORD_BOUNDARY = regex.compile(r"(?wV1)\b")
 _SPACE_RUN = regex.compile(r"[^\S\n]+")
+_LINE_BREAKS = regex.compile(r" ?\n[\n ]*")  # with the spaces around it, and empty lines
 _ANY_SPACE_RUN = regex.compile(r"\s+")
 _PUNCTUATION = regex.compile(r"\p{P}+")
-_NOT_WORD_CATEGORIES = frozenset("OMPZS")
-_NOT_WORD_SUBCATEGORIES = frozenset(("Cc", "Cf"))
+# A word holds a letter, a digit, or an unassigned/private/surrogate code point: everything but
+# marks, punctuation, symbols, separators, controls and format characters (dinglehopper's rule).
+_WORDY = regex.compile(r"[\p{L}\p{N}\p{Co}\p{Cn}\p{Cs}]")
 
 # Historic letter forms and ligatures read as their modern letters (the `historic` option):
 # ligatures unjoined and long s, r rotunda, etc. mapped, in the spirit of dinglehopper's
@@ -105,8 +107,7 @@ class Normalization:
             text = _PUNCTUATION.sub("", text)
         if self.whitespace:
             return _ANY_SPACE_RUN.sub(" ", text).strip()
-        lines = (_SPACE_RUN.sub(" ", line).strip() for line in text.split("\n"))
-        return "\n".join(line for line in lines if line)
+        return _LINE_BREAKS.sub("\n", _SPACE_RUN.sub(" ", text)).strip(" \n")
 
 
 def graphemes(text: str) -> Sequence[str]:
@@ -117,14 +118,19 @@ def graphemes(text: str) -> Sequence[str]:
     return _GRAPHEME.findall(text) if _JOINS.search(text) else text
 
 
-def _is_word(segment: str) -> bool:
-    for ch in segment:
-        category = unicodedata.category(ch)
-        if category[0] not in _NOT_WORD_CATEGORIES and category not in _NOT_WORD_SUBCATEGORIES:
-            return True
-    return False
+_IS_WORD: dict[str, bool] = {}  # segment -> verdict; text repeats its words and punctuation
 
 
 def words(text: str) -> list[str]:
     """UAX #29 words, without the segments that hold no letter, digit or similar."""
-    return [w for w in _WORD_BOUNDARY.split(text) if w and _is_word(w)]
+    cache = _IS_WORD
+    if len(cache) > 200_000:
+        cache.clear()
+    out = []
+    for segment in _WORD_BOUNDARY.split(text):
+        verdict = cache.get(segment)
+        if verdict is None:
+            verdict = cache[segment] = _WORDY.search(segment) is not None
+        if verdict:
+            out.append(segment)
+    return out

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import unicodedata
 
-from lxml import etree
-
 from .records import Box, PageText, TextLine
 
 # Scripts written without spaces between words; a String boundary there is not a space.
@@ -20,7 +18,8 @@ _NO_SPACE_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MY
 
 
 def _local(el) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+    tag = el.tag
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def _unspaced(ch: str) -> bool:
@@ -59,13 +58,13 @@ def _box(line, pixels: bool) -> Box | None:
 
 def read_alto(root) -> list[PageText]:
     """One PageText per ALTO Page (almost always one)."""
-    unit = next((el.text for el in root.iter() if _local(el) == "MeasurementUnit"), None)
-    pixels = unit is None or unit.strip() == "pixel"
-    spaces_from_sp = any(_local(el) == "SP" for el in root.iter())
+    unit = next((el.text for el in root.iter("{*}MeasurementUnit")), None)
+    pixels = unit is None or (unit or "").strip() == "pixel"
+    spaces_from_sp = next(root.iter("{*}SP"), None) is not None
     pages = []
-    for page in (el for el in root.iter() if _local(el) == "Page"):
+    for page in root.iter("{*}Page"):
         lines = []
-        for line in (el for el in page.iter() if _local(el) == "TextLine"):
+        for line in page.iter("{*}TextLine"):
             text = _line_text(line, spaces_from_sp)
             if text:
                 lines.append(TextLine(text, _box(line, pixels)))

@@ -10,13 +10,12 @@ whole page (`0,0 W-1,0 ...`, how writers without geometry fill the required Coor
 
 from __future__ import annotations
 
-from lxml import etree
-
 from .records import Box, PageText, TextLine, box_from_points
 
 
 def _local(el) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+    tag = el.tag
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def _children(el, name: str) -> list:
@@ -100,7 +99,7 @@ def read_page(root) -> list[PageText]:
     page = next((el for el in root if _local(el) == "Page"), None)
     if page is None:
         return []
-    regions = [el for el in page.iter() if _local(el) == "TextRegion"]
+    regions = list(page.iter("{*}TextRegion"))
     by_id = {r.get("id"): r for r in regions}
     order: list = []
     seen: set[int] = set()

@@ -60,8 +60,9 @@ class PredDocument:
         return None if file is None else PredPage(number, DONE, file=file)
 
 
-def run_documents(out: Path) -> Iterator[PredDocument]:
-    """Every document of the run at OUT, with every page's state, from one store snapshot."""
+def run_documents(out: Path, keep_pages=lambda name: True) -> Iterator[PredDocument]:
+    """Every document of the run at OUT from one store snapshot; page states only for the
+    documents `keep_pages(name)` accepts (the others are only listed)."""
     if not (out / STATE_DIR).is_dir():
         raise BadArguments(
             f"{out} is not the output folder of a run (no {STATE_DIR}/ in it); give a run's "
@@ -69,14 +70,16 @@ def run_documents(out: Path) -> Iterator[PredDocument]:
         )
     with JobStore.open(out, exclusive=False) as store:
         for doc in store.document_pages():
-            states = {p.page_index + 1: p for p in doc.pages}
+            name = printable(doc.relpath)
+            kept = keep_pages(name)
+            states = {p.page_index + 1: p for p in doc.pages} if kept else {}
             yield PredDocument(
-                printable(doc.relpath),
+                name,
                 doc.path,
                 doc.state,
                 doc.reason,
                 doc.page_count or 0,
-                _run=(out, doc.relpath, states),
+                _run=(out, doc.relpath, states) if kept else None,
             )
 
 
