@@ -213,6 +213,14 @@ def test_scheduler_gives_free_rows_to_waiting_pages_then_closes_gaps() -> None:
     assert sched.done
 
 
+def test_scheduler_closes_several_gaps_moving_each_row_once() -> None:
+    sched = Scheduler(_seqs(6), slots=6)
+    sched.refill([])
+    admitted, moves = sched.refill([1, 2, 5])  # rows 3 and 4 move down into 1 and 2
+    assert admitted == [] and moves == [(3, 1), (4, 2)]
+    assert [(s.index, s.row) for s in sched.running] == [(0, 0), (3, 1), (4, 2)]
+
+
 def test_slot_tracker_matches_the_static_tracker_row_by_row() -> None:
     """Rows at different steps, reset and moved, each agree with a tracker of its own."""
     guard = RepetitionGuard(max_period=4, min_repeats=3, min_span=6)
@@ -236,3 +244,69 @@ def test_slot_tracker_matches_the_static_tracker_row_by_row() -> None:
         for i, s, cut in zip(active, steps, got, strict=True):
             (want,) = solo[i].update(s, torch.tensor([streams[i][s]]))
             assert cut == want, (i, s)
+
+
+class QueueFeed:
+    """A worker's view of its task queue: requests of a few pages each, read without waiting;
+    `gaps` calls answer 'nothing ready yet' before each request, as a slow coordinator would."""
+
+    def __init__(self, requests: list[list[tuple[str, Image.Image]]], gaps: int = 0) -> None:
+        self.requests = [list(r) for r in requests]
+        self.gaps, self.waits = gaps, 0
+        self.pending: list[tuple[str, Image.Image]] = []
+        self.calls: list[tuple[int, bool]] = []
+
+    def __call__(self, n: int, block: bool):
+        self.calls.append((n, block))
+        out: list[tuple[str, Image.Image]] = []
+        while len(out) < n:
+            if not self.pending and self.requests:
+                if self.waits < self.gaps and not block:
+                    self.waits += 1
+                    break
+                self.waits = 0
+                self.pending = self.requests.pop(0)
+            if not self.pending:
+                break
+            take = n - len(out)
+            out, self.pending = out + self.pending[:take], self.pending[take:]
+        return out if out or self.requests or self.pending else None
+
+
+@pytest.mark.parametrize("gaps", [0, 3])
+def test_a_stream_of_requests_decodes_each_page_as_alone_and_never_drains(
+    recognizer, mixed, monkeypatch, gaps
+) -> None:
+    images, stop = mixed
+    keyed = [(f"p{i}", im) for i, im in enumerate(images)]
+    feed = QueueFeed([keyed[0:3], keyed[3:6], keyed[6:]], gaps=gaps)
+    saved = recognizer.engine
+    recognizer.engine = GenerationEngine(saved.decoder, [stop])
+    log = StepLog(recognizer, monkeypatch)
+    try:
+        stream = recognizer.recognize_stream(
+            feed, max_new_tokens=40, repetition_guard=GUARD, max_batch=4
+        )
+        got = dict(stream)
+    finally:
+        recognizer.engine = saved
+    events = list(log.events)
+    assert sorted(got) == sorted(k for k, _ in keyed)
+    saved = recognizer.engine
+    recognizer.engine = GenerationEngine(saved.decoder, [stop])
+    try:
+        want = [
+            recognizer.recognize([im], max_new_tokens=40, repetition_guard=GUARD)[0]
+            for im in images
+        ]
+    finally:
+        recognizer.engine = saved
+    for i, ref in enumerate(want):
+        assert (got[f"p{i}"].text, got[f"p{i}"].stop_reason) == (ref.text, ref.stop_reason), i
+    assert len({r.stop_reason for r in want}) >= 2  # pages of different lengths and endings
+    if gaps == 0:  # requests follow each other: the batch is full until the last page is in
+        last_prefill = max(i for i, (kind, _) in enumerate(events) if kind == "prefill")
+        assert {n for kind, n in events[:last_prefill] if kind == "step"} == {4}
+    else:  # 'nothing ready' answers did not stop the batch; waits only with nothing to decode
+        assert feed.waits == 0 and feed.requests == []
+    assert all(n <= 4 for n, _ in feed.calls)

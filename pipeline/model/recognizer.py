@@ -7,7 +7,7 @@ embeddings -> generation engine -> text with per-token offsets and log-probs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -17,13 +17,13 @@ from pipeline.errors import BadArguments, CheckpointError
 from pipeline.model.attention import sdpa_backends
 from pipeline.model.checkpoint import checkpoint_checksum, load_model, locate
 from pipeline.model.config import DEFAULT_PROMPT, AnandaSkyConfig
-from pipeline.model.continuous import ContinuousEngine, EncodeAhead
 from pipeline.model.decoder import NativeDecoder
 from pipeline.model.devices import activate, dtype_name, inference, resolve_device, resolve_dtype
 from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard, resolve_guard
 from pipeline.model.modeling import AnandaSkyModel
 from pipeline.model.processor import Processor
 from pipeline.model.reference import generate_with_transformers
+from pipeline.model.schedules import PageFeed, continuous_list, continuous_stream, static_batches
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
@@ -145,45 +145,36 @@ class Recognizer:
         guard = resolve_guard(repetition_guard)
         with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
             if schedule == "continuous":
-                generated = self._continuous(
-                    images, prompt, max_new_tokens, guard, max_batch, token_budget
+                generated = continuous_list(
+                    self, images, prompt, max_new_tokens, guard, max_batch, token_budget
                 )
             else:
-                generated = self._static(images, prompt, max_new_tokens, guard, max_batch)
+                generated = static_batches(self, images, prompt, max_new_tokens, guard, max_batch)
         return [self._to_recognition(g) for g in generated]
 
-    def _continuous(self, images, prompt, max_new_tokens, guard, max_batch, token_budget):
-        lengths = [
-            len(self.processor.prompt_ids(self.image_token_count(*im.size), prompt))
-            for im in images
-        ]
-
-        def encode(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-            return self._prompt_embeddings([images[i] for i in indices], prompt)
-
-        # Pages arrive one or two at a time; their images are encoded a batch at a time ahead.
-        embed = EncodeAhead(encode, lengths, chunk=max_batch or len(images))
-        return ContinuousEngine(self.engine).generate(
-            lengths,
-            embed,
+    def recognize_stream(
+        self,
+        feed: PageFeed,
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 2048,
+        repetition_guard: bool | RepetitionGuard = True,
+        max_batch: int = 8,
+        token_budget: int | None = None,
+    ) -> Iterator[tuple[Hashable, Recognition]]:
+        """A continuous batch that never drains between requests: yields `(key, Recognition)`
+        for each page as soon as it stops; `feed(n, block)` is asked for up to n `(key, image)`
+        pages whenever rows free up ([] = none ready now, None = no more; block=True when the
+        batch is empty, so the feed should wait for a page)."""
+        yield from continuous_stream(
+            self,
+            feed,
+            prompt,
             max_new_tokens,
-            guard,
-            max_batch=max_batch,
-            token_budget=token_budget,
+            resolve_guard(repetition_guard),
+            max_batch,
+            token_budget,
         )
-
-    def _static(self, images, prompt, max_new_tokens, guard, max_batch):
-        size = max_batch or len(images)
-        limits = (
-            [max_new_tokens] * len(images)
-            if isinstance(max_new_tokens, int)
-            else list(max_new_tokens)
-        )
-        out: list[Generated] = []
-        for start in range(0, len(images), size):
-            embeds, lengths = self._prompt_embeddings(images[start : start + size], prompt)
-            out += self.engine.generate(embeds, lengths, limits[start : start + size], guard)
-        return out
 
     def recognize_with_transformers(
         self,

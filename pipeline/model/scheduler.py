@@ -32,8 +32,8 @@ class Scheduler:
         """Retire the sequences in `finished_rows`; admit waiting pages into the free rows.
 
         Returns the admitted sequences (their `row` set; they need a prefill) and the row moves
-        `(src, dst)` that keep the live rows dense; a move's KV, pending token and guard state
-        must follow it. Admitted sequences never move in the same call.
+        `(src, dst)` that keep the live rows dense (`running[dst]` is the moved sequence); its KV,
+        pending token and guard state must follow it. Admitted sequences never move.
         """
         holes = sorted(set(finished_rows))
         for row in holes:
@@ -49,13 +49,14 @@ class Scheduler:
                 seq.row = free_tail.pop(0)
                 self.running.append(seq)
             admitted.append(seq)
-        moves = []
-        for hole in reversed(holes):  # largest first: the last row is then always live
-            last = len(self.running) - 1
-            if hole != last:
-                moved = self.running[last]
-                moved.row = hole
-                self.running[hole] = moved
-                moves.append((last, hole))
-            self.running.pop()
+        # Rows nobody took: the live rows past the new end move down into the gaps below it,
+        # each at most once.
+        end = len(self.running) - len(holes)
+        gaps = [h for h in holes if h < end]
+        movers = [r for r in range(end, len(self.running)) if r not in set(holes)]
+        moves = list(zip(movers, gaps, strict=True))
+        for src, dst in moves:
+            self.running[dst] = self.running[src]
+            self.running[dst].row = dst
+        del self.running[end:]
         return admitted, moves

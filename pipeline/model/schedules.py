@@ -1,0 +1,126 @@
+"""How a `Recognizer` feeds its pages to the engine: static batches, a continuous batch over a
+list, or a continuous batch over a stream of pages that never drains between requests.
+
+Kept apart from `recognizer.py` so the recognizer stays the object a worker holds, and each way
+of batching reads on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+from pipeline.model.attention import sdpa_backends
+from pipeline.model.continuous import ContinuousEngine, EncodeAhead, plan_slots
+from pipeline.model.devices import inference
+from pipeline.model.generation import Generated, RepetitionGuard, token_limits
+from pipeline.model.sequence import Sequence as Seq
+from pipeline.records import Recognition
+
+if TYPE_CHECKING:
+    from pipeline.model.recognizer import Recognizer
+
+# feed(n, block) -> up to n (key, image) pages ([] = none ready now) or None (no more, ever);
+# block=True: nothing is being decoded, so wait for a page (or return None).
+PageFeed = Callable[[int, bool], "list[tuple[Hashable, Image.Image]] | None"]
+
+
+def prompt_length(rec: Recognizer, image: Image.Image, prompt: str) -> int:
+    return len(rec.processor.prompt_ids(rec.image_token_count(*image.size), prompt))
+
+
+def static_batches(
+    rec: Recognizer,
+    images: list[Image.Image],
+    prompt: str,
+    max_new_tokens: int | Sequence[int],
+    guard: RepetitionGuard | None,
+    max_batch: int | None,
+) -> list[Generated]:
+    """The previous way: batches of `max_batch` pages, each decoded until its longest stops."""
+    size = max_batch or len(images)
+    limits = (
+        [max_new_tokens] * len(images) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    )
+    out: list[Generated] = []
+    for start in range(0, len(images), size):
+        embeds, lengths = rec._prompt_embeddings(images[start : start + size], prompt)
+        out += rec.engine.generate(embeds, lengths, limits[start : start + size], guard)
+    return out
+
+
+def continuous_list(
+    rec: Recognizer,
+    images: list[Image.Image],
+    prompt: str,
+    max_new_tokens: int | Sequence[int],
+    guard: RepetitionGuard | None,
+    max_batch: int | None,
+    token_budget: int | None,
+) -> list[Generated]:
+    """All of `images` through one continuous batch of at most `max_batch` rows."""
+    lengths = [prompt_length(rec, im, prompt) for im in images]
+
+    def encode(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        return rec._prompt_embeddings([images[i] for i in indices], prompt)
+
+    # Pages arrive one or two at a time; their images are encoded a batch at a time ahead.
+    embed = EncodeAhead(encode, lengths, chunk=max_batch or len(images))
+    return ContinuousEngine(rec.engine).generate(
+        lengths, embed, max_new_tokens, guard, max_batch=max_batch, token_budget=token_budget
+    )
+
+
+def continuous_stream(
+    rec: Recognizer,
+    feed: PageFeed,
+    prompt: str,
+    max_new_tokens: int,
+    guard: RepetitionGuard | None,
+    max_batch: int,
+    token_budget: int | None,
+) -> Iterator[tuple[Hashable, Recognition]]:
+    """Pages from `feed` through one continuous batch; each result as soon as its page stops.
+
+    Rows are sized for the largest prompt the model's image budget allows plus
+    `max_new_tokens`, so no page can outgrow them; `token_budget` bounds rows x that size.
+    """
+    max_positions = rec.engine.decoder.max_positions
+    longest = len(rec.processor.prompt_ids(rec.config.image.max_tokens, prompt))
+    capacity = min(max_positions, longest + max_new_tokens)
+    slots = plan_slots(capacity, max_batch, max_batch, token_budget)
+    keys: dict[int, Hashable] = {}
+    images: dict[int, Image.Image] = {}
+    counter = itertools.count()
+
+    def seq_feed(n: int, block: bool) -> list[Seq] | None:
+        pages = feed(n, block)
+        if pages is None:
+            return None
+        seqs = []
+        for key, image in pages:
+            i = next(counter)
+            keys[i], images[i] = key, image
+            length = prompt_length(rec, image, prompt)
+            (limit,) = token_limits(max_new_tokens, [length], max_positions)
+            seqs.append(Seq(i, length, limit))
+        return seqs
+
+    def embed(indices: list[int]) -> torch.Tensor:
+        return rec._prompt_embeddings([images.pop(i) for i in indices], prompt)[0]
+
+    run = ContinuousEngine(rec.engine).stream(
+        seq_feed, embed, guard, slots=slots, max_capacity=capacity
+    )
+    while True:
+        # The contexts hold only while the engine runs, not while the caller has the result.
+        with inference(rec.torch_device, rec.torch_dtype), sdpa_backends(rec.torch_device):
+            seq = next(run, None)
+        if seq is None:
+            return
+        images.pop(seq.index, None)
+        yield keys.pop(seq.index), rec._to_recognition(seq.result)
