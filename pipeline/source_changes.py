@@ -72,12 +72,13 @@ class SourceChanges:
     out_dir: Path
     ingest: IngestSettings
     new_pool: Callable[[], ProcessPoolExecutor]
-    current: dict[int, set[int]] = field(default_factory=dict)  # doc id -> its live page ids
+    # doc id -> the content it is registered with now (None: no longer readable). Page ids may
+    # be reused by the new registration, so staleness is told by content, not by id.
+    current: dict[int, str | None] = field(default_factory=dict)
 
     def is_stale(self, task: PageTask) -> bool:
         """A page of a registration that has since been replaced: never written."""
-        live = self.current.get(task.doc_id)
-        return live is not None and task.page_id not in live
+        return task.doc_id in self.current and task.sha256 != self.current[task.doc_id]
 
     def handle(self, task: PageTask, pending: deque) -> None:
         """Register `task`'s file again and queue its new pages in place of the old ones."""
@@ -87,10 +88,15 @@ class SourceChanges:
             "%s changed while this run was reading it; doing it again from its new content",
             printable(task.relpath),
         )
+        before = self.store.known_document(task.relpath)
         registrar = DocumentRegistrar(self.store, self.out_dir, self.ingest, self.new_pool)
         registrar.reregister(SourceFile(Path(task.path), task.relpath))
+        after = self.store.known_document(task.relpath)
+        if before and after and after.state == "ok" and after.sha256 == before.sha256:
+            pending.appendleft(task)  # changed back before it was read again: nothing to redo
+            return
         fresh = self.store.pending_pages(doc_id=task.doc_id)
-        self.current[task.doc_id] = {t.page_id for t in fresh}
+        self.current[task.doc_id] = after.sha256 if after and after.state == "ok" else None
         kept = [t for t in pending if t.doc_id != task.doc_id]
         pending.clear()
         pending.extend(fresh + kept)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,8 @@ from conftest import TESTDATA, assert_valid_alto
 from pipeline.errors import ExitCode
 from pipeline.ingest import IngestSettings
 from pipeline.page_loader import LoadedImage, load_page_image
-from pipeline.source_changes import Registered, SourceChanged
+from pipeline.registration import DocumentRegistrar
+from pipeline.source_changes import Registered, SourceChanged, SourceChanges
 from pipeline.store import JobStore
 
 JPG_A = TESTDATA / "pages/vertical/jp_vert.jpg"
@@ -97,7 +101,10 @@ def test_a_document_overwritten_during_the_run_is_redone_from_its_new_content(
     files = sorted(p.name for p in (out / "pages/doc.pdf").iterdir())
     assert files == [f"000{n}{ext}" for n in (1, 2, 3) for ext in (".alto.xml", ".txt")]
     for n in (1, 2, 3):
-        assert_valid_alto((out / f"pages/doc.pdf/000{n}.alto.xml").read_bytes())
+        alto = (out / f"pages/doc.pdf/000{n}.alto.xml").read_bytes()
+        assert_valid_alto(alto)
+        # Every page was made from the new file (510x669 px at 60 DPI; the old one's are 360x540).
+        assert b'WIDTH="510" HEIGHT="669"' in alto
     with JobStore.open(out, exclusive=False) as store:
         known = store.known_document("doc.pdf")
         summary = store.summary()
@@ -113,3 +120,33 @@ def test_a_document_overwritten_during_the_run_is_redone_from_its_new_content(
         ).stdout
     )
     assert status["documents"]["done"] == 1 and status["documents"]["failed"] == 0
+
+
+def _new_pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+
+
+def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    doc = scans / "doc.pdf"
+    shutil.copyfile(PDF_3, doc)
+    ingest = IngestSettings(dpi=60)
+    with JobStore.open(out) as store:
+        registrar = DocumentRegistrar(store, out, ingest, _new_pool)
+        registrar.register([scans], _new_pool()).shutdown()
+        old = store.pending_pages()
+        changes = SourceChanges(store, out, ingest, _new_pool)
+        # Changed back (same content, new mtime) before it was read: the page simply goes on.
+        os.utime(doc, ns=(old[0].mtime_ns + 10**9,) * 2)
+        pending = deque(old[1:])
+        changes.handle(old[0], pending)
+        assert list(pending) == old and not changes.is_stale(old[0])
+        # Really overwritten: six new pages replace the three of the old registration.
+        shutil.copyfile(PDF_6, doc)
+        pending = deque(old[1:])
+        changes.handle(old[0], pending)
+        assert [t.page_index for t in pending] == [0, 1, 2, 3, 4, 5]
+        assert all(changes.is_stale(t) for t in old)
+        assert not any(changes.is_stale(t) for t in pending)
+        assert pending[0].sha256 == hashlib.sha256(PDF_6.read_bytes()).hexdigest()
