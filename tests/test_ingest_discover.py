@@ -66,7 +66,12 @@ def test_inputs_with_equal_names_get_parent_qualified_prefixes_in_any_order(
     tmp_path: Path,
 ) -> None:
     _touch(tmp_path, "x/scans/a.pdf", "y/scans/a.pdf", "z/Scans/a.pdf", "scans~2/a.pdf")
-    inputs = [tmp_path / "x/scans", tmp_path / "y/scans", tmp_path / "z/Scans", tmp_path / "scans~2"]
+    inputs = [
+        tmp_path / "x/scans",
+        tmp_path / "y/scans",
+        tmp_path / "z/Scans",
+        tmp_path / "scans~2",
+    ]
     # Case-insensitive file systems would merge "Scans" with "scans", so it is qualified too.
     expected = ["scans~x/a.pdf", "scans~y/a.pdf", "Scans~z/a.pdf", "scans~2/a.pdf"]
     assert _relpaths(*inputs) == expected
