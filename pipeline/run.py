@@ -332,7 +332,11 @@ class Coordinator:
             # A worker already computing gets a second batch only when it is a full one.
             if worker.outstanding and len(ready) < batch_size and more_coming:
                 continue
-            batch = ready.take_batch(batch_size)
+            # Pages of a file registered again since they were loaded are dropped, not sent: their
+            # ids may already belong to the new registration's pages.
+            batch = [p for p in ready.take_batch(batch_size) if not self.changes.is_stale(p.task)]
+            if not batch:
+                continue
             self.store.mark_running([page.task.page_id for page in batch], worker.slot.label)
             self._next_batch += 1
             worker.send(self._next_batch, batch, [page.image for page in batch])
