@@ -167,3 +167,20 @@ def test_cli_exit_codes_and_json_on_stdout(folders, tmp_path):
         bad = cli(*args)
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_quick(tmp_path):
+    """bench/evaluate.py still runs (`--quick`: 200 pages); not timed, the figures are in
+    BENCHMARKS.md."""
+    done = subprocess.run(
+        [sys.executable, "bench/evaluate.py", "--quick", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "evaluate.json").read_text())
+    assert {r["what"] for r in results["results"]} >= {"evaluate() text", "counting only"}
+    assert all(r["pages"] == 200 for r in results["results"])
