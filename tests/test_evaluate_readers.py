@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import regex
 from conftest import TESTDATA, assert_valid_xml
+from lxml import etree
 
 from pipeline.evaluate import evaluate
 from pipeline.evaluate.readers import UnreadableFile, read_pages
@@ -156,3 +157,29 @@ def test_real_gt_against_a_reader_that_misses_abbreviations():
     ev = evaluate(CREMMA_ALTO, pred=TESTDATA / "evaluate/real/btv1b84473026_f10.pred.txt")
     e = ev.totals.char_edits
     assert marks > 10 and (e.substitutions, e.insertions, e.deletions) == (marks, 0, 0)
+
+
+def _shift_coords(source: Path, target: Path, dy: int) -> None:
+    """The same PAGE with every TextLine polygon moved down by `dy` pixels."""
+    tree = etree.parse(str(source))
+    for coords in tree.iter("{*}Coords"):
+        if etree.QName(coords.getparent()).localname == "TextLine":
+            points = [p.split(",") for p in coords.get("points").split()]
+            coords.set("points", " ".join(f"{x},{int(y) + dy}" for x, y in points))
+    tree.write(str(target), xml_declaration=True, encoding="UTF-8")
+
+
+def test_line_detection_on_real_page_boxes(tmp_path):
+    """The 44 real line polygons against themselves, then moved down: moved by 10 px every line
+    still overlaps its original at IoU >= 0.5 (not at 0.95); moved by 60 px, fewer do (the
+    slanted lines have tall bounding boxes, so not none)."""
+    same = evaluate(KRAKEN_PAGE, pred=KRAKEN_PAGE).totals.lines
+    assert (same.gt, same.pred, same.matched) == (44, 44, 44)
+    _shift_coords(KRAKEN_PAGE, tmp_path / "near.xml", 10)
+    _shift_coords(KRAKEN_PAGE, tmp_path / "far.xml", 60)
+    near = evaluate(KRAKEN_PAGE, pred=tmp_path / "near.xml")
+    far = evaluate(KRAKEN_PAGE, pred=tmp_path / "far.xml")
+    assert near.totals.lines.recall == 1.0 and near.totals.cer == 0.0
+    assert far.totals.lines.matched < near.totals.lines.matched
+    strict = evaluate(KRAKEN_PAGE, pred=tmp_path / "near.xml", iou_threshold=0.95)
+    assert strict.totals.lines.matched < near.totals.lines.matched
