@@ -91,7 +91,8 @@ class Bench:
         self.clock = PhaseClock(lambda: benchlib_sync(dev))
         self.clock.wrap(rec.processor, "images", "patchify")
         self.clock.wrap(rec.model, "encode_images", "vision")
-        self.clock.wrap(rec.engine, "prefill", "prefill")
+        # The decoder's pass, which both the static and the continuous schedule call.
+        self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
         self.clock.wrap(rec.model.language_model, "forward", _hf_phase)
         from pipeline.images import shrink_to
 
