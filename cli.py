@@ -301,6 +301,12 @@ def evaluate(
     thumbnails: Annotated[
         bool, typer.Option(help="Page thumbnails in the HTML report (from the run's sources).")
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Counting processes (default: 1 below 2,000 GT pages, else one per CPU)."
+        ),
+    ] = None,
 ) -> int:
     """CER and WER against ground truth per page, document and collection (docs/EVALUATE.md)."""
     from pipeline.evaluate.command import run_evaluate
@@ -316,6 +322,7 @@ def evaluate(
         json_file=json_file,
         html_file=html,
         thumbnails=thumbnails,
+        workers=workers,
     )
 
 

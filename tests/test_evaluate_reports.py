@@ -182,5 +182,18 @@ def test_benchmark_script_runs_quick(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "evaluate.json").read_text())
-    assert {r["what"] for r in results["results"]} >= {"evaluate() text", "counting only"}
+    assert {r["what"] for r in results["results"]} >= {
+        "evaluate() text, 1 process",
+        "counting only",
+    }
     assert all(r["pages"] == 200 for r in results["results"])
+
+
+def test_worker_processes_give_the_same_report(folders):
+    """Counting spread over 2 spawned processes (forced; by default only from 2,000 GT pages)
+    gives exactly the serial figures, pages in the same order."""
+    pred, gt = folders
+    serial, parallel = (to_dict(evaluate(gt, pred=pred, workers=n)) for n in (1, 2))
+    for report in (serial, parallel):
+        del report["created"], report["seconds"]
+    assert parallel == serial

@@ -35,6 +35,7 @@ def run_evaluate(
     json_file: Path | None = None,
     html_file: Path | None = None,
     thumbnails: bool = True,
+    workers: int | None = None,
 ) -> int:
     """Print the table (or JSON), write the requested reports; 0 once anything was matched."""
     ev = evaluate(
@@ -45,6 +46,7 @@ def run_evaluate(
         normalization=Normalization.parse(normalize),
         iou_threshold=iou,
         keep_texts=html_file is not None,
+        workers=workers,
     )
     if not ev.documents:
         example = ev.unmatched_gt[0][0] if ev.unmatched_gt else str(gt)

@@ -1,9 +1,10 @@
 """Evaluate a run (or a folder of predictions) against a folder of ground truth.
 
 Order of work: list the GT files (few), list the documents (from the store, streamed), match
-names, then read and count only the documents that have ground truth. Every page that has a GT
-file or belongs to a document with one gets a `PageResult` with a status, so failed, pending,
-unreadable and unmatched pages are reported instead of vanishing from the rates.
+names, read the GT, then count only the documents that have ground truth (`documents`, in
+worker processes for large collections: `pool`). Every page that has a GT file or belongs to a
+document with one gets a `PageResult` with a status, so failed, pending, unreadable and
+unmatched pages are reported instead of vanishing from the rates.
 """
 
 from __future__ import annotations
@@ -15,42 +16,15 @@ from pathlib import Path
 
 from pipeline.errors import BadArguments
 
+from .documents import CountSettings, DocumentResult, GtPage, PageResult
 from .matching import Match, Matcher, could_match, read_mapping
-from .metrics import EVALUATED, PageCounts, Totals, count_page
+from .metrics import Totals
 from .normalize import Normalization
+from .pool import count_documents, default_workers
 from .readers import UnreadableFile, read_pages
-from .records import PageText
-from .sources import (
-    DONE,
-    FAILED,
-    MISSING,
-    PENDING,
-    PredDocument,
-    folder_documents,
-    run_documents,
-    transcription_files,
-)
+from .sources import folder_documents, run_documents, transcription_files
 
-
-@dataclass
-class PageResult:
-    document: str
-    page: int
-    status: str  # one of metrics.STATUSES
-    reason: str | None = None
-    gt_file: str | None = None  # relative to the GT folder
-    pred_file: str | None = None
-    counts: PageCounts | None = None
-    gt_text: str | None = None  # normalised, kept only for the HTML report
-    pred_text: str | None = None
-
-
-@dataclass
-class DocumentResult:
-    name: str
-    source: str | None
-    pages: list[PageResult] = field(default_factory=list)
-    totals: Totals = field(default_factory=Totals)
+__all__ = ["DocumentResult", "Evaluation", "PageResult", "evaluate"]
 
 
 @dataclass
@@ -68,13 +42,6 @@ class Evaluation:
     seconds: float = 0.0
 
 
-@dataclass
-class _GtPage:
-    file: str
-    text: PageText | None  # None: the file could not be read
-    reason: str | None = None
-
-
 def _gt_files(gt: Path) -> list[tuple[str, Path]]:
     if gt.is_file():
         return [(gt.name, gt)]
@@ -89,9 +56,9 @@ def _gt_files(gt: Path) -> list[tuple[str, Path]]:
 
 def _collect_gt(
     files: list[tuple[str, Path]], matcher: Matcher | None, single_doc: str | None, result
-) -> dict[str, dict[int, _GtPage]]:
+) -> dict[str, dict[int, GtPage]]:
     """{document: {page: GT}} for every GT file that matches a document."""
-    by_doc: dict[str, dict[int, _GtPage]] = {}
+    by_doc: dict[str, dict[int, GtPage]] = {}
     for rel, path in files:
         match = Match(single_doc, None) if single_doc else matcher.match(rel)
         if match is None:
@@ -102,7 +69,7 @@ def _collect_gt(
         try:
             read = read_pages(path)
         except UnreadableFile as exc:
-            pages.setdefault(match.page or 1, _GtPage(rel, None, f"GT file {rel}: {exc}"))
+            pages.setdefault(match.page or 1, GtPage(rel, None, f"GT file {rel}: {exc}"))
             continue
         if match.page is not None:
             read = [(match.page, read[0][1])] if read else []
@@ -112,93 +79,8 @@ def _collect_gt(
                 other = pages[number].file
                 result.unmatched_gt.append((rel, f"page {number} already has GT {other}"))
                 continue
-            pages[number] = _GtPage(rel, text)
+            pages[number] = GtPage(rel, text)
     return by_doc
-
-
-class _PredReader:
-    """Reads prediction files once, also when one file holds a whole document."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-
-    def rel(self, path: Path) -> str:
-        if self.root is not None and path.is_relative_to(self.root):
-            return path.relative_to(self.root).as_posix()
-        return str(path)
-
-    def whole(self, doc: PredDocument) -> list[PageText] | str:
-        try:
-            return [page for _, page in read_pages(doc.whole_file)]
-        except UnreadableFile as exc:
-            return f"prediction {self.rel(doc.whole_file)}: {exc}"
-
-    def page(self, path: Path) -> PageText | str:
-        try:
-            pages = read_pages(path)
-        except UnreadableFile as exc:
-            return f"prediction {self.rel(path)}: {exc}"
-        return pages[0][1] if pages else PageText((), "text")
-
-
-def _evaluate_document(
-    doc: PredDocument, gt_pages: dict[int, _GtPage], ev: Evaluation, reader: _PredReader, keep
-) -> DocumentResult:
-    result = DocumentResult(doc.name, doc.source)
-    whole = reader.whole(doc) if doc.whole_file is not None else None
-    count = len(whole) if isinstance(whole, list) else doc.page_count
-    for number in sorted(set(range(1, count + 1)) | set(gt_pages)):
-        gt = gt_pages.get(number)
-        page = PageResult(doc.name, number, "no_ground_truth", gt_file=gt and gt.file)
-        if gt is not None:
-            pred = _whole_page(whole, number, page, reader, doc) if doc.whole_file else None
-            if doc.whole_file is None:
-                pred = _pred_page(doc, number, page, reader)
-            if gt.text is None:
-                page.status, page.reason = "unreadable", gt.reason
-            elif pred is not None:
-                counts, gt_text, pred_text = count_page(
-                    gt.text, pred, ev.normalization, ev.iou_threshold, ev.confusions
-                )
-                page.status, page.counts = EVALUATED, counts
-                if keep:
-                    page.gt_text, page.pred_text = gt_text, pred_text
-        result.pages.append(page)
-        result.totals.add(page.status, page.counts)
-    return result
-
-
-def _whole_page(whole, number: int, page: PageResult, reader, doc) -> PageText | None:
-    if isinstance(whole, str):
-        page.status, page.reason = "unreadable", whole
-        return None
-    page.pred_file = reader.rel(doc.whole_file)
-    if number > len(whole):
-        page.status = "no_prediction"
-        return None
-    return whole[number - 1]
-
-
-def _pred_page(doc: PredDocument, number: int, page: PageResult, reader) -> PageText | None:
-    """The page's predicted text, or None with the page's status and reason set."""
-    state = doc.page(number)
-    if state is None:
-        page.status = "no_prediction"
-        return None
-    if state.file is not None:
-        page.pred_file = reader.rel(state.file)
-    if state.state in (FAILED, PENDING):
-        page.status, page.reason = state.state, state.reason
-        return None
-    if state.state == MISSING:
-        page.status, page.reason = "unreadable", state.reason
-        return None
-    assert state.state == DONE and state.file is not None
-    text = reader.page(state.file)
-    if isinstance(text, str):
-        page.status, page.reason = "unreadable", text
-        return None
-    return text
 
 
 def evaluate(
@@ -210,8 +92,12 @@ def evaluate(
     normalization: Normalization | None = None,
     iou_threshold: float = 0.5,
     keep_texts: bool = False,
+    workers: int | None = None,
 ) -> Evaluation:
-    """Compare a run's pages (`run`=OUT) or prediction files (`pred`) with the GT at `gt`."""
+    """Compare a run's pages (`run`=OUT) or prediction files (`pred`) with the GT at `gt`.
+
+    `workers`: processes that count (None: one below 2,000 GT pages, else one per CPU, at
+    most 16); the figures do not depend on it."""
     started = time.perf_counter()
     gt, run, pred = Path(gt), run and Path(run), pred and Path(pred)
     _check_arguments(gt, run, pred, iou_threshold)
@@ -225,16 +111,22 @@ def evaluate(
     single = documents[0].name if pred and pred.is_file() and gt.is_file() else None
     matcher = Matcher([d.name for d in documents], names)
     by_doc = _collect_gt(gt_files, matcher, single, ev)
-    reader = _PredReader(pred if pred and pred.is_dir() else None)
-    known = set()
+    jobs = []
     for doc in documents:
-        known.add(doc.name)
-        if doc.name not in by_doc:
+        if doc.name in by_doc:
+            jobs.append((doc, by_doc[doc.name]))
+        else:
             ev.without_gt.append((doc.name, doc.page_count or None))
-            continue
-        result = _evaluate_document(doc, by_doc[doc.name], ev, reader, keep_texts)
+    settings = CountSettings(
+        ev.normalization, iou_threshold, keep_texts, pred if pred and pred.is_dir() else None
+    )
+    pages = sum(len(gt_pages) for _, gt_pages in jobs)
+    workers = default_workers(pages) if workers is None else max(1, workers)
+    for result, confusions in count_documents(jobs, settings, workers):
         ev.documents.append(result)
         ev.totals.merge(result.totals)
+        ev.confusions.update(confusions)
+    known = {doc.name for doc in documents}
     for name in sorted(set(by_doc) - known):  # mapped to a document the run does not have
         result = DocumentResult(name, None)
         for number, gt_page in sorted(by_doc[name].items()):
