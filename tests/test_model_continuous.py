@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import random
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw
 from pipeline.errors import BadArguments
 from pipeline.model import load_recognizer
 from pipeline.model.continuous import plan_slots
+from pipeline.model.feeds import JobFeed
 from pipeline.model.generation import (
     STOP_EOS,
     STOP_MAX_TOKENS,
@@ -310,3 +312,64 @@ def test_a_stream_of_requests_decodes_each_page_as_alone_and_never_drains(
     else:  # 'nothing ready' answers did not stop the batch; waits only with nothing to decode
         assert feed.waits == 0 and feed.requests == []
     assert all(n <= 4 for n, _ in feed.calls)
+
+
+def test_a_worker_queue_of_jobs_is_answered_job_by_job_with_pages_as_alone(recognizer) -> None:
+    """A real queue.Queue of jobs (a worker's task queue), a stop sentinel, jobs of 0-4 pages."""
+    images = pages(9, seed=16)
+    jobs = {"a": images[0:4], "b": [], "c": images[4:5], "d": images[5:9]}
+    tasks: queue.Queue = queue.Queue()
+    for item in jobs.items():
+        tasks.put(item)
+    tasks.put(None)
+    waits: list[bool] = []
+
+    def get_job(block: bool):
+        waits.append(block)
+        return tasks.get(block=block)
+
+    feed = JobFeed(get_job)
+    answered = []
+    for key, result in recognizer.recognize_stream(
+        feed, max_new_tokens=12, repetition_guard=False, max_batch=3
+    ):
+        feed.finish(key, result)
+        answered += feed.pop_completed()
+    answered += feed.pop_completed()
+    assert sorted(job for job, _ in answered) == sorted(jobs) and feed.in_flight() == []
+    for job, results in answered:
+        want = recognizer.recognize(jobs[job], max_new_tokens=12, repetition_guard=False)
+        assert [r.text for r in results] == [r.text for r in want]
+    assert waits[0] is True and waits.count(True) <= 2  # waited only with an empty batch
+
+
+def test_a_broken_job_fails_the_jobs_in_flight_and_the_next_stream_goes_on(recognizer) -> None:
+    """Fault injection: a page with no pixels makes the stream raise; the worker's recipe is
+    to fail (or requeue) `in_flight()`, `drop` them, and start a new stream on the same feed."""
+    images = pages(5, seed=17)
+    tasks: queue.Queue = queue.Queue()
+    for item in [("ok1", images[:2]), ("bad", [images[2], Image.new("RGB", (0, 0))])]:
+        tasks.put(item)
+    tasks.put(("ok2", images[3:]))
+    tasks.put(None)
+    feed = JobFeed(lambda block: tasks.get(block=block))
+    answered: dict = {}
+
+    def drain() -> None:
+        for key, result in recognizer.recognize_stream(
+            feed, max_new_tokens=5, repetition_guard=False, max_batch=4
+        ):
+            feed.finish(key, result)
+            answered.update(feed.pop_completed())
+
+    with pytest.raises(ValueError, match="no pixels"):
+        drain()
+    failed = feed.in_flight()
+    assert "bad" in failed and "ok2" not in failed
+    for job in failed:
+        feed.drop(job)
+    drain()
+    answered.update(feed.pop_completed())
+    assert set(answered) == {"ok2"} | ({"ok1"} - set(failed))
+    want = recognizer.recognize(images[3:], max_new_tokens=5, repetition_guard=False)
+    assert [r.text for r in answered["ok2"]] == [r.text for r in want]

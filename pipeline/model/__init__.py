@@ -6,6 +6,9 @@ Public API (other stages are written against exactly these names):
     Recognizer.recognize(images, *, prompt=DEFAULT_PROMPT, max_new_tokens=2048,
                          repetition_guard=True, max_batch=None, token_budget=None,
                          schedule="continuous") -> list[Recognition]
+    Recognizer.recognize_stream(feed, *, prompt, max_new_tokens, repetition_guard, max_batch,
+                                token_budget) -> Iterator[(key, Recognition)]
+    pipeline.model.feeds.JobFeed(get_job)  # a worker's task queue as recognize_stream's feed
     Recognizer.max_image_pixels, Recognizer.image_token_count(width, height)
     Recognizer.device / dtype / model_name / model_checksum / num_parameters
     Recognizer.recognize_with_transformers(images, ...)  # baseline: generate(), one page at a time
