@@ -373,3 +373,35 @@ def test_a_broken_job_fails_the_jobs_in_flight_and_the_next_stream_goes_on(recog
     assert set(answered) == {"ok2"} | ({"ok1"} - set(failed))
     want = recognizer.recognize(images[3:], max_new_tokens=5, repetition_guard=False)
     assert [r.text for r in answered["ok2"]] == [r.text for r in want]
+
+
+def test_stream_rows_are_bounded_by_the_token_budget(recognizer, monkeypatch) -> None:
+    """Rows are sized for the largest prompt the image budget allows plus max_new_tokens."""
+    images = pages(6, seed=18)
+    longest = len(
+        recognizer.processor.prompt_ids(recognizer.config.image.max_tokens, "Read this page.")
+    )
+    feed = QueueFeed([[(i, im) for i, im in enumerate(images)]])
+    log = StepLog(recognizer, monkeypatch)
+    got = dict(
+        recognizer.recognize_stream(
+            feed,
+            prompt="Read this page.",
+            max_new_tokens=8,
+            repetition_guard=False,
+            max_batch=5,
+            token_budget=2 * (longest + 8),
+        )
+    )
+    assert len(got) == 6 and max(log.steps()) == 2
+    with pytest.raises(BadArguments, match="token-budget"):
+        next(
+            recognizer.recognize_stream(
+                feed, prompt="Read this page.", max_new_tokens=8, token_budget=longest + 7
+            )
+        )
+
+
+def test_unknown_schedule_is_refused(recognizer) -> None:
+    with pytest.raises(BadArguments, match="schedule"):
+        recognizer.recognize(pages(1, seed=19), schedule="dynamic")
