@@ -4,12 +4,15 @@ Static batching (`GenerationEngine.generate`) decodes a batch until its longest 
 with page lengths from a few tokens to thousands, most steps then run a mostly empty batch.
 Here the batch stays full while pages remain:
 - the `Scheduler` keeps up to `slots` sequences in cache rows `0..n-1`; when some stop, waiting
-  pages take their rows and are prefilled on arrival (their images encoded only then, through
-  the caller's `embed`), and their first token is chosen from the prefill's logits;
+  pages take their rows and are prefilled on arrival (their prompt embeddings come from the
+  caller's `embed`: computed then, or a batch at a time ahead with `EncodeAhead`), and their
+  first token is chosen from the prefill's logits;
 - every step then feeds one token per live row, exactly as the static engine does (same decode
   pass, same key mask), so each page's tokens are those it gets decoded alone;
 - the `SlotCache` holds one row per slot, preallocated and reused; no step copies it.
-Memory is bounded by `max_batch` (rows) and `token_budget` (rows x positions per row).
+Memory is bounded by `max_batch` (rows) and `token_budget` (rows x positions per row). Pages come
+as a list (`generate`, results in input order) or as a stream (`stream`, results as they stop);
+the `BatchRunner` (runner.py) does the work in both.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class EncodeAhead:
 
 
 class ContinuousEngine:
-    """The runner: owns the batch's device tensors; the scheduler decides which pages run."""
+    """Continuous batching over a `GenerationEngine`'s decoder, its stop ids and pick rule."""
 
     def __init__(self, engine: GenerationEngine) -> None:
         self.engine = engine

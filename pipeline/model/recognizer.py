@@ -132,8 +132,10 @@ class Recognizer:
         """Transcribe pages, at most `max_batch` at a time; results in input order.
 
         `schedule="continuous"`: a page that stops hands its batch row to the next waiting page
-        at the next step (its image encoded and prompt prefilled then), so the batch stays full
-        while pages remain; `token_budget` caps the KV cache at that many positions in all.
+        at the next step (prefilled then; images are encoded `max_batch` at a time ahead), so
+        the batch stays full while pages remain; `token_budget` caps the KV cache at that many
+        positions in all. Pass many more pages than `max_batch`: the batch drains at the end
+        of each call (or use `recognize_stream`, which never drains).
         `schedule="static"`: the previous way, kept for comparison: batches of `max_batch` pages,
         each decoded until its longest page stops. Both give every page the tokens it gets alone.
         `max_new_tokens` may be one number per page.
