@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from pipeline.errors import BadArguments
 from pipeline.model import load_recognizer
 from pipeline.model.continuous import plan_slots
+from pipeline.model.decoder import KVCache
 from pipeline.model.feeds import JobFeed
 from pipeline.model.generation import (
     STOP_EOS,
@@ -113,6 +114,19 @@ def test_static_schedule_gives_the_same_pages(recognizer, mixed) -> None:
         recognizer, images, [stop], repetition_guard=GUARD, max_batch=3, schedule="static"
     )
     assert [(r.text, r.stop_reason) for r in cont] == [(r.text, r.stop_reason) for r in static]
+
+
+def test_static_schedule_with_a_growing_cache_gives_the_tokens_of_each_page_alone(
+    recognizer, mixed, monkeypatch
+) -> None:
+    """The static path stays the A/B baseline: its cache growth (KVCache) is exercised here,
+    now that `recognize` runs the continuous path by default."""
+    monkeypatch.setattr(KVCache, "GROW_BY", 5)
+    images, stop = mixed
+    reference = alone(recognizer, images, [stop], repetition_guard=GUARD)
+    got = batched(recognizer, images, [stop], repetition_guard=GUARD, schedule="static")
+    for want, have in zip(reference, got, strict=True):
+        assert (have.text, have.stop_reason) == (want.text, want.stop_reason)
 
 
 class StepLog:
