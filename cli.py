@@ -234,7 +234,7 @@ def export(
         typer.Option(help="Delivery folder; created if missing, brought up to date if not."),
     ],
     formats: Annotated[
-        str, typer.Option("--format", help="Comma-separated: txt,alto,mets,page,hocr.")
+        str, typer.Option("--format", help="Comma-separated: txt,alto,mets,page,hocr,pdf.")
     ] = "txt,alto,mets",
     documents: Annotated[
         list[str] | None,
@@ -256,7 +256,7 @@ def export(
     ] = "\\f",
     per_page_txt: Annotated[bool, typer.Option(help="Also one txt file per page.")] = False,
 ) -> int:
-    """Write a delivery package per document (txt, ALTO, METS, PAGE, hOCR) and a report of what is missing."""
+    """Write a delivery package per document (txt, ALTO, METS, PAGE, hOCR, searchable PDF) and a report of what is missing."""
     from pipeline.export import export_collection, parse_separator
 
     report = export_collection(

@@ -505,5 +505,5 @@ def test_cli_export_exit_codes_and_summary(out, tmp_path):
     assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
     assert "exported 1 document (1 page)" in proc.stdout
     assert not (tmp_path / "cli-delivery.zip").exists()  # stale once DIR changed without --zip
-    proc = cli("--to", str(to), "--format", "pdf")
+    proc = cli("--to", str(to), "--format", "docx")
     assert proc.returncode == ExitCode.BAD_ARGUMENTS and "choose from" in proc.stderr

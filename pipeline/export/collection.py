@@ -23,10 +23,13 @@ from .report import REPORT_NAME, ExportReport, document_entry, not_started_entry
 DOCUMENTS_DIR = "documents"
 
 
-def render_document(doc: ExportDocument, options: ExportOptions) -> dict[str, bytes]:
+def render_document(
+    doc: ExportDocument, options: ExportOptions, entry: dict | None = None
+) -> dict[str, bytes]:
     """Every file of one document, by name inside its folder; METS last, as it lists the rest.
 
-    A document with no page to deliver gets no files at all, rather than an empty text."""
+    A document with no page to deliver gets no files at all, rather than an empty text. A PDF
+    that cannot be made (its source gone or changed) is left out and said in `entry`."""
     if not options.include_failed and all(p.content is None for p in doc.pages):
         return {}
     files: dict[str, bytes] = {}
@@ -34,6 +37,14 @@ def render_document(doc: ExportDocument, options: ExportOptions) -> dict[str, by
     for fmt, writer in writers.items():
         if fmt in options.formats:
             files.update(writer.render(doc, options))
+    if "pdf" in options.formats:
+        from . import pdf_document  # pikepdf and fpdf2 take 0.4 s to import: only when asked
+
+        try:
+            files.update(pdf_document.render(doc, options))
+        except pdf_document.PdfUnavailable as exc:
+            if entry is not None:
+                entry["pdf_error"] = f"no PDF: {exc}"
     if "mets" in options.formats:
         files.update(mets.render(doc, options, files))
     return files
@@ -79,7 +90,9 @@ def _export_documents(
             loaded = load_document(source)
             folder = f"{DOCUMENTS_DIR}/{escaped_relpath(doc.relpath)}"
             entry = document_entry(loaded, folder, options)
-            files = render_document(loaded, options)
+            files = render_document(loaded, options, entry)
+            if "pdf_error" in entry:
+                key = ""  # no fingerprint matches: the next export tries the PDF again
             delivery.put(doc.relpath, key, {f"{folder}/{n}": d for n, d in files.items()}, entry)
         entries.append(entry)
     return entries, not_started + failed

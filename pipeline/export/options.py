@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pipeline import __version__
 from pipeline.errors import BadArguments
 
-FORMATS = ("txt", "alto", "mets", "page", "hocr")
+FORMATS = ("txt", "alto", "mets", "page", "hocr", "pdf")
 DEFAULT_FORMATS = ("txt", "alto", "mets")
 DEFAULT_SEPARATOR = "\f"
 _ESCAPES = {"f": "\f", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

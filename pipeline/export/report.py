@@ -103,6 +103,7 @@ class ExportReport:
             "pages_missing_output": states.count("missing"),
             "pages_without_alto": sum(len(d.get("without_alto", ())) for d in self.documents),
             "placeholders": sum(d["placeholders"] for d in self.documents),
+            "documents_without_pdf": sum("pdf_error" in d for d in self.documents),
         }
 
     @property
@@ -147,6 +148,7 @@ class ExportReport:
                 (t["pages_missing_output"], "page", "with unreadable output files"),
                 (t["pages_without_alto"], "page", "without ALTO (the run wrote txt only)"),
                 (t["documents_not_exported"], "document", "with nothing to export"),
+                (t["documents_without_pdf"], "document", "without PDF"),
             ]
             lines.append(
                 "not delivered: " + ", ".join(f"{_n(n, w)} {why}" for n, w, why in counts if n)
@@ -158,6 +160,9 @@ class ExportReport:
                 + (f": {p['error']}" if p.get("error") else "")
                 for d in self.documents
                 for p in d["not_exported"]
+            ]
+            problems += [
+                f"  {d['relpath']}: {d['pdf_error']}" for d in self.documents if "pdf_error" in d
             ]
             problems += [
                 f"  {d['relpath']}: {d['reason']}{_page_states(d)}"

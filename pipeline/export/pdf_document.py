@@ -1,0 +1,119 @@
+"""`--format pdf`: one searchable PDF per input document, the pages as the source has them.
+
+- A PDF source is opened with pikepdf and kept as it is: each transcribed page gets the text
+  layer (`pdf_layer`) placed over it as a Form XObject, and the file is saved without decoding
+  any stream, so image streams (and every other stream) keep their bytes. Text the source
+  already holds stays; nothing is re-rendered.
+- An image source (JPEG, PNG, TIFF incl. multi-page, JPEG 2000, ...) becomes pages with
+  img2pdf, which embeds JPEG and JPEG 2000 bytes as they are and other images losslessly, at
+  the image's own size and resolution (its DPI; 96 when the file gives none), turned as its EXIF
+  orientation says.
+
+The ALTO's page pixels map to the page as it is seen: its CropBox (MediaBox without one) turned
+by its /Rotate, which is what the run rasterised (PDF) or decoded (image). Pages without a
+transcription (failed, pending) stay as images without text; the export report lists them.
+A document whose source is gone, changed since the run, or unreadable gets no PDF, and its
+report entry says why (`pdf_error`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import img2pdf
+import pikepdf
+
+from .options import ExportOptions
+from .pages import ExportDocument
+from .pdf_layer import LayerPage, text_layer
+from .pdf_lines import page_lines
+
+FILE_NAME = "searchable.pdf"
+# What img2pdf refuses (an alpha channel, a mirrored EXIF orientation, ...): the document
+# gets no PDF and the report says why, rather than an image re-encoded with losses.
+_IMG2PDF_ERRORS = (
+    img2pdf.AlphaChannelError,
+    img2pdf.ExifOrientationError,
+    img2pdf.ImageOpenError,
+    img2pdf.JpegColorspaceError,
+    img2pdf.NegativeDimensionError,
+    img2pdf.PdfTooLargeError,
+    img2pdf.UnsupportedColorspaceError,
+)
+
+
+class PdfUnavailable(Exception):
+    """The document's PDF cannot be made; the message says why and what to do."""
+
+
+def _read_source(doc: ExportDocument) -> bytes:
+    try:
+        data = Path(doc.path).read_bytes()
+    except OSError as exc:
+        raise PdfUnavailable(
+            f"its source file cannot be read ({exc.strerror or exc}); the PDF is made from the "
+            "original, so put it back where the run read it and export again"
+        ) from None
+    if doc.sha256 is not None and hashlib.sha256(data).hexdigest() != doc.sha256:
+        raise PdfUnavailable(
+            "its source file changed since the run read it; run the same `run` command again "
+            "so the pages match, then export"
+        )
+    return data
+
+
+def _base_pdf(data: bytes) -> pikepdf.Pdf:
+    """The pages to put text on: the source PDF itself, or the images made into pages."""
+    try:
+        if data.startswith(b"%PDF") or b"%PDF-" in data[:1024]:
+            return pikepdf.open(io.BytesIO(data))
+        return pikepdf.open(io.BytesIO(img2pdf.convert(data, nodate=True)))
+    except (pikepdf.PdfError, *_IMG2PDF_ERRORS, ValueError, OSError) as exc:
+        raise PdfUnavailable(f"its source cannot be made into PDF pages ({exc})") from None
+
+
+def seen_size(page: pikepdf.Page) -> tuple[float, float]:
+    """Width and height in points of the page as displayed: CropBox turned by /Rotate."""
+    box = [float(v) for v in page.cropbox]
+    width, height = abs(box[2] - box[0]), abs(box[3] - box[1])
+    return (height, width) if page.rotation % 180 == 90 else (width, height)
+
+
+def build_pdf(doc: ExportDocument) -> bytes:
+    """The document's searchable PDF; raises PdfUnavailable."""
+    base = _base_pdf(_read_source(doc))
+    if len(base.pages) != doc.page_count:
+        raise PdfUnavailable(
+            f"its source now has {len(base.pages)} pages where the run counted "
+            f"{doc.page_count}; run the same `run` command again, then export"
+        )
+    targets, layers = [], []
+    for page in doc.pages:
+        if page.content is None:
+            continue
+        target = base.pages[page.number - 1]
+        width, height = seen_size(target)
+        layers.append(LayerPage(width, height, page_lines(page.content, (width, height))))
+        targets.append(target)
+    if layers:
+        layer = pikepdf.open(io.BytesIO(text_layer(layers)))
+        for target, layer_page in zip(targets, layer.pages, strict=True):
+            # qpdf fits the layer to the CropBox and undoes the page's /Rotate, so the layer
+            # lies upright on the page as seen.
+            target.add_overlay(layer_page, pikepdf.Rectangle(target.cropbox))
+    out = io.BytesIO()
+    base.save(
+        out,
+        deterministic_id=True,
+        stream_decode_level=pikepdf.StreamDecodeLevel.none,  # streams keep their bytes
+        recompress_flate=False,
+    )
+    return out.getvalue()
+
+
+def render(doc: ExportDocument, options: ExportOptions) -> dict[str, bytes]:
+    """{searchable.pdf: bytes}; raises PdfUnavailable (the caller reports it)."""
+    del options  # the PDF holds transcribed pages only; placeholders have no place in it
+    return {FILE_NAME: build_pdf(doc)}
