@@ -149,7 +149,11 @@ def test_cli_verify_exits_zero_when_every_threshold_holds(tiny_model_dir, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     assert exit_info.value.code == 0
-    assert "RESULT: PASS" in capsys.readouterr().out and out.is_file()
+    captured = capsys.readouterr()
+    assert "RESULT: PASS" in captured.out and out.is_file()
+    # Progress goes to stderr, step by step, so a slow device shows it is alive.
+    assert f"loading {tiny_model_dir} on cpu" in captured.err
+    assert "loading the reference" in captured.err and f"page 1/1: {IMAGES[0]}" in captured.err
 
 
 @pytest.mark.compat
