@@ -25,8 +25,13 @@ DESCENT = 200
 NARROW, WIDE = 500, 1000
 
 
+SPACE = 250  # a quarter em, as in print: keeps the gap between words narrower than a column gap
+
+
 def advance(char: str) -> int:
     """Advance width in font units: East Asian wide/full-width characters take a square."""
+    if char == " ":
+        return SPACE
     return WIDE if unicodedata.east_asian_width(char) in ("W", "F") else NARROW
 
 

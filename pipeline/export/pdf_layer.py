@@ -7,6 +7,7 @@ line box's height and horizontally scaled (Tz) so its advance fills the box's wi
 of a line then lies inside the line's box, at the place its characters' advances give it (an
 estimate: the model gives line boxes, not word boxes). A vertical line is the same run turned a
 quarter clockwise, reading top to bottom down its box, so a search hit highlights the column.
+The scaling is kept within bounds (`_fit`) so poppler still sees words and lines as such.
 
 The layer pages come out in the orientation the page is seen in, with the size the caller asks
 for (in points); `pdf_document` places each on its page.
@@ -29,6 +30,7 @@ from .pdf_lines import PageLines, PlacedLine
 FONT_KEY = "glyphless"
 _FIXED_DATE = datetime(2000, 1, 1, tzinfo=timezone.utc)  # the layer's own date never shows
 _MIN_SIZE = 0.1  # points; a degenerate box still gets a (tiny) run
+MIN_SCALE, MAX_SCALE = 0.5, 2.5  # horizontal scaling of a run (Tz 50%..250%)
 
 
 @dataclass(frozen=True)
@@ -53,19 +55,40 @@ def _draw_line(pdf: FPDF, line: PlacedLine, sx: float, sy: float) -> None:
     # The run's height (ascent + descent) spans the box across the text direction, its
     # advance along it.
     across, along = (width, height) if line.vertical else (height, width)
-    pdf.set_font(FONT_KEY, size=across)
-    pdf.set_stretching(100.0)  # fpdf2 measures with the current scaling applied
-    natural = pdf.get_string_width(text)
-    pdf.set_stretching(100.0 * along / natural if natural > 0 else 100.0)
-    descent = across * pdf_font.DESCENT / pdf_font.UNITS
+    size, scale = _fit(pdf, text, across, along)
+    offset = (across - size) / 2  # a run set smaller than its box sits in the box's middle
+    descent = size * pdf_font.DESCENT / pdf_font.UNITS
+    pdf.set_stretching(100.0 * scale)
     if line.vertical:
         # Turned a quarter clockwise around its start: the run goes down the box, its
         # ascent to the right of the baseline and its descent to the left.
-        x, y = x0 + descent, y0
+        x, y = x0 + offset + descent, y0
         with pdf.rotation(-90, x, y):
             pdf.text(x, y, text)
     else:
-        pdf.text(x0, y1 - descent, text)
+        pdf.text(x0, y1 - offset - descent, text)
+
+
+def _fit(pdf: FPDF, text: str, across: float, along: float) -> tuple[float, float]:
+    """(font size, horizontal scale) for a run `across` high that fills `along`.
+
+    The scale stays within MIN_SCALE..MAX_SCALE, so the gap a space leaves stays between
+    about 1/8 and 5/8 of the type size: wide enough for poppler to break words there, narrow
+    enough that it never takes the gaps of neighbouring lines for a column. A text too long
+    for its box is set smaller instead of squeezed further; one too short for it stops short
+    of the box's end instead of being pulled further apart. Either way it stays in the box.
+    """
+    pdf.set_font(FONT_KEY, size=across)
+    pdf.set_stretching(100.0)  # fpdf2 measures with the current scaling applied
+    natural = pdf.get_string_width(text)
+    if natural <= 0:
+        return across, 1.0
+    scale = along / natural
+    if scale < MIN_SCALE:
+        size = across * scale / MIN_SCALE
+        pdf.set_font(FONT_KEY, size=size)
+        return size, MIN_SCALE
+    return across, min(scale, MAX_SCALE)
 
 
 def _draw_page(pdf: FPDF, page: LayerPage) -> None:
