@@ -162,8 +162,8 @@ def run(
     ] = False,
 ) -> int:
     """Transcribe a collection into OUT; run it again to resume after any interruption."""
-    from pipeline.run import run_collection
-    from pipeline.settings import RunSettings
+    from pipeline.runner.collection import run_collection
+    from pipeline.runner.settings import RunSettings
 
     settings = RunSettings(
         inputs=tuple(str(p) for p in inputs),
@@ -208,7 +208,7 @@ def resume(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> int:
     """Rerun OUT with the settings stored by its first run."""
-    from pipeline.run import resume_collection
+    from pipeline.runner.collection import resume_collection
 
     return resume_collection(
         out, pdf_password=pdf_password, device=device, devices=devices, workers=workers, quiet=quiet
@@ -221,7 +221,7 @@ def status(
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> int:
     """Pages per state, per-device throughput, and failed documents/pages with reasons."""
-    from pipeline.status import print_status
+    from pipeline.jobs.status import print_status
 
     return print_status(out, as_json=json_output)
 
@@ -337,7 +337,7 @@ def infer(
     max_new_tokens: Annotated[int, typer.Option()] = 2048,
 ) -> int:
     """Transcribe a single image and print the text."""
-    from pipeline.single_image import transcribe_file
+    from pipeline.runner.single_image import transcribe_file
 
     text = transcribe_file(
         model,
@@ -378,7 +378,7 @@ def verify(
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per page.")] = 48,
 ) -> int:
     """Check this device/dtype against CPU float32 on fixed pages; exit 1 if a threshold fails."""
-    from pipeline.verify import run_verify
+    from pipeline.verify.check import run_verify
 
     return run_verify(
         model_dir=model,

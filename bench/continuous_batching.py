@@ -92,7 +92,7 @@ class Bench:
     def __init__(self, rec: Any, args: Any) -> None:
         from dataclasses import replace
 
-        from pipeline.images import shrink_to
+        from pipeline.ingest.images import shrink_to
         from pipeline.model.generation import GenerationEngine
 
         self.rec, self.args = rec, args

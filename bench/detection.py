@@ -90,8 +90,8 @@ def thickness(layout: Any) -> float | None:
 def recall_on_model_copy(image_path: str, gt: str | None, detector: Any) -> float | None:
     """Recall@.5 when the page is first shrunk to the full model's pixel budget (1 Mpx) by the
     loader's own `load_page`, as a loader that detects on the copy it sends to the devices."""
-    from pipeline.images import PAGE_SIZE_KEY
-    from pipeline.ingest import IngestSettings, load_page
+    from pipeline.ingest.documents import IngestSettings, load_page
+    from pipeline.ingest.images import PAGE_SIZE_KEY
     from pipeline.layout import build_layout
 
     if gt is None:

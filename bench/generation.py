@@ -94,7 +94,7 @@ class Bench:
         # The decoder's pass, which both the static and the continuous schedule call.
         self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
         self.clock.wrap(rec.model.language_model, "forward", _hf_phase)
-        from pipeline.images import shrink_to
+        from pipeline.ingest.images import shrink_to
 
         # As a run delivers them: page loaders shrink pages to what the model looks at.
         pages = benchdata.page_mix(args.pages, scale=args.page_scale)

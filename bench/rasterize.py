@@ -1,6 +1,6 @@
 """PDF rasterizers: pypdfium2 vs pdf2image/poppler vs the `pdftoppm` command line, page by page.
 
-The first two go through `pipeline.rasterize.render_pdf_page`, the function a page loader calls
+The first two go through `pipeline.ingest.rasterize.render_pdf_page`, the function a page loader calls
 (open the document, paint one page, close it); the third runs `pdftoppm -r DPI -f N -l N
 -cropbox FILE` and reads the PPM it writes to stdout. Each is timed over every page of the
 scanned PDFs in tests/data/pages/pdf, interleaved, at 300 DPI and, second, at the
@@ -32,7 +32,11 @@ FULL_MODEL_PIXELS = 4096 * 16 * 16  # AnandaSkyConfig().max_image_pixels
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     p = benchlib.parser(__doc__.splitlines()[0])
     p.add_argument(
-        "--pdf", type=Path, nargs="*", default=None, help="PDFs (default: the test scans in tests/data)"
+        "--pdf",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="PDFs (default: the test scans in tests/data)",
     )
     p.add_argument("--dpi", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
@@ -68,7 +72,7 @@ def pages_of(pdfs: list[Path]) -> list[tuple[Path, int, float, float]]:
 def render(mode: str, path: Path, index: int, dpi: float, limit: int) -> Any:
     from PIL import Image
 
-    from pipeline.rasterize import render_pdf_page
+    from pipeline.ingest.rasterize import render_pdf_page
 
     if mode == "pypdfium2":
         return render_pdf_page(
@@ -104,7 +108,7 @@ def mean_abs_diff(a: Any, b: Any) -> float | None:
 def run_setting(
     label: str, pages: list, dpi: int, limit: int, repeats: int
 ) -> list[dict[str, Any]]:
-    from pipeline.rasterize import fit_dpi
+    from pipeline.ingest.rasterize import fit_dpi
 
     times: dict[str, list[float]] = {m: [] for m in MODES}
     last: dict[str, list[Any]] = {}
@@ -147,8 +151,8 @@ def run_setting(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.ingest import IngestSettings
-    from pipeline.rasterize import require_poppler
+    from pipeline.ingest.documents import IngestSettings
+    from pipeline.ingest.rasterize import require_poppler
 
     args = arguments(argv)
     require_poppler()

@@ -56,10 +56,10 @@ def master_pdf(path: Path) -> None:
 
 def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path, Path, float]:
     """Inputs in boxes of 100 files, each registered and every page marked done."""
-    from pipeline.ingest import IngestSettings, discover, probe_document
+    from pipeline.ingest.documents import IngestSettings, discover, probe_document
+    from pipeline.jobs.sqlite_store import JobStore
     from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
-    from pipeline.settings import RunSettings, model_code_checksum
-    from pipeline.store import JobStore
+    from pipeline.runner.settings import RunSettings, model_code_checksum
 
     started = time.perf_counter()
     inputs, out = root / "in", root / "out"

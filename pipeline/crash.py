@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.progress import last_run_log
+from pipeline.runner.progress import last_run_log
 
 
 def record_internal_error(exc: BaseException) -> Path:

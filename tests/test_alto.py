@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import pipeline
-from pipeline.alto import (
+from pipeline.outputs.alto import (
     ALTO_NS,
     PageMeta,
     alto_to_text,

@@ -62,7 +62,7 @@ def _cli_with_injected_bug(module: str, attribute: str, *args: str) -> subproces
 
 
 def test_an_unforeseen_error_is_an_internal_error_with_its_traceback_in_a_file():
-    result = _cli_with_injected_bug("pipeline.status", "print_status", "status", "somewhere")
+    result = _cli_with_injected_bug("pipeline.jobs.status", "print_status", "status", "somewhere")
     assert result.returncode == ExitCode.INTERNAL_ERROR == 15
     assert_no_traceback(result)
     (line,) = result.stderr.strip().splitlines()
@@ -83,7 +83,7 @@ def test_an_internal_error_during_a_run_writes_its_traceback_to_the_run_log(
     (inputs / "a.jpg").write_bytes((testdata / "pages/vertical/jp_vert.jpg").read_bytes())
     out = tmp_path / "out"
     args = run_args(inputs, out, tiny_model_dir, "--quiet")
-    result = _cli_with_injected_bug("pipeline.run", "Coordinator.run", *args)
+    result = _cli_with_injected_bug("pipeline.runner.collection", "Coordinator.run", *args)
     assert result.returncode == ExitCode.INTERNAL_ERROR
     assert_no_traceback(result)
     assert f"the traceback is in {out / 'run.log'}" in result.stderr

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline.device_plan import WorkerSlot, pin_to_slot, plan_workers
 from pipeline.errors import BadArguments
+from pipeline.runner.device_plan import WorkerSlot, pin_to_slot, plan_workers
 
 
 def test_npu_ids_come_from_ascend_rt_visible_devices_as_given():

@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO, TESTDATA
 from lxml import html
 
-from pipeline.alto import alto_to_text
 from pipeline.evaluate import evaluate, render_html
 from pipeline.evaluate.normalize import graphemes
-from pipeline.store import JobStore
+from pipeline.jobs.sqlite_store import JobStore
+from pipeline.outputs.alto import alto_to_text
 
 pytestmark = pytest.mark.slow
 

@@ -20,15 +20,15 @@ import pytest
 from conftest import REPO, assert_valid_alto, assert_valid_xml
 from lxml import etree
 
-from pipeline.alto import PageMeta, alto_to_text, normalize_text, page_confidence
 from pipeline.errors import BadArguments, ExitCode
 from pipeline.export import export_collection
 from pipeline.export.mets import METS_NS, XLINK_NS
 from pipeline.export.page_xml import PAGE_NS
-from pipeline.job_backend import printable
-from pipeline.outputs import page_output_paths, write_page_outputs
+from pipeline.jobs.backend import printable
+from pipeline.jobs.sqlite_store import JobStore
+from pipeline.outputs.alto import PageMeta, alto_to_text, normalize_text, page_confidence
+from pipeline.outputs.page_files import page_output_paths, write_page_outputs
 from pipeline.records import Recognition
-from pipeline.store import JobStore
 
 ALL = ("txt", "alto", "mets", "page", "hocr")
 XHTML = "{http://www.w3.org/1999/xhtml}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExitCode
-from pipeline.settings import RunSettings, model_code_checksum
+from pipeline.runner.settings import RunSettings, model_code_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_KEYS = ("code_checksum", "dtype", "impl")

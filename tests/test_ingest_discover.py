@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import BadArguments
-from pipeline.ingest import SourceFile, discover
+from pipeline.ingest.documents import SourceFile, discover
 
 
 def _touch(root: Path, *relpaths: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, TiffImagePlugin
 
 from pipeline.errors import BadArguments, DocumentError
-from pipeline.ingest import IngestSettings, load_page, probe_document, sniff_format
+from pipeline.ingest.documents import IngestSettings, load_page, probe_document, sniff_format
 
 SETTINGS = IngestSettings()
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from pipeline.errors import DocumentError, InputError, PageError
-from pipeline.ingest import IngestSettings, load_page, probe_document
+from pipeline.ingest.documents import IngestSettings, load_page, probe_document
 
 LOW_DPI = IngestSettings(dpi=36)
 

@@ -10,9 +10,9 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from pipeline import rasterize
 from pipeline.errors import MissingDependency, PageError
-from pipeline.ingest import IngestSettings, load_page, probe_document
+from pipeline.ingest import rasterize
+from pipeline.ingest.documents import IngestSettings, load_page, probe_document
 
 VICKSBURG = "pdf/vicksburg_sample_ocr_6p.pdf"  # 6 pages of 432 x 648 pt
 OLMOCR = "pdf/olmocr_mattsnotes_3p.pdf"  # 3 pages of 612 x 803.25 pt
@@ -156,7 +156,7 @@ def test_pdf_with_a_non_utf8_name_renders(pages: Path, tmp_path: Path, rasterize
 
 
 def test_loaded_pages_carry_their_full_resolution_size_when_shrunk(testdata: Path) -> None:
-    from pipeline.images import PAGE_SIZE_KEY
+    from pipeline.ingest.images import PAGE_SIZE_KEY
 
     pdf = testdata / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
     full = load_page(pdf, 0, IngestSettings(dpi=100))

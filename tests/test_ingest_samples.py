@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ingest import IngestSettings, discover, load_page, probe_document
+from pipeline.ingest.documents import IngestSettings, discover, load_page, probe_document
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 EXPECTED = {

@@ -17,7 +17,7 @@ import pytest
 from conftest import TESTDATA, assert_valid_alto
 
 from pipeline.errors import ExitCode
-from pipeline.store import JobStore
+from pipeline.jobs.sqlite_store import JobStore
 
 pytestmark = pytest.mark.slow
 

@@ -21,11 +21,11 @@ import pytest
 from conftest import TESTDATA, assert_valid_alto
 
 from pipeline.errors import ExitCode
-from pipeline.ingest import IngestSettings
-from pipeline.page_loader import LoadedImage, load_page_image
-from pipeline.registration import DocumentRegistrar
-from pipeline.source_changes import Registered, SourceChanged, SourceChanges
-from pipeline.store import JobStore
+from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.page_loading import LoadedImage, load_page_image
+from pipeline.ingest.registration import DocumentRegistrar
+from pipeline.ingest.source_changes import Registered, SourceChanged, SourceChanges
+from pipeline.jobs.sqlite_store import JobStore
 
 JPG_A = TESTDATA / "pages/vertical/jp_vert.jpg"
 JPG_B = TESTDATA / "pages/vertical/ndl_3508165_9.jpg"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import TESTDATA
 
-from pipeline.ingest import discover
-from pipeline.selection import InputFilter
+from pipeline.ingest.documents import discover
+from pipeline.ingest.selection import InputFilter
 
 JPG = TESTDATA / "pages/vertical/jp_vert.jpg"
 PDF = TESTDATA / "pages/pdf/olmocr_mattsnotes_3p.pdf"

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from pipeline.store import JobStore
+from pipeline.jobs.sqlite_store import JobStore
 
 
 def add(store: JobStore, relpath: str, pages: int, sha: str = "h1") -> int:

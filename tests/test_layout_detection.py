@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipeline.images import PAGE_SIZE_KEY, load_image_page
+from pipeline.ingest.images import PAGE_SIZE_KEY, load_image_page
 from pipeline.layout import VERTICAL_RL, DetectorSettings, PageLayout, detect_layout
 from pipeline.layout.geometry import bbox_of
 from pipeline.layout.groundtruth import (
@@ -167,7 +167,7 @@ def test_exif_rotated_shrunk_page_gives_coordinates_in_the_upright_full_page(
 def test_pdf_page_painted_small_gives_coordinates_at_the_requested_dpi(testdata):
     """A PDF page painted under a pixel budget (as the loaders do for the model) gives lines in
     the page's pixel space at --dpi, where the same page painted at full size puts them."""
-    from pipeline.ingest import IngestSettings, load_page
+    from pipeline.ingest.documents import IngestSettings, load_page
 
     pdf = testdata / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
     settings = IngestSettings(dpi=150)

@@ -14,8 +14,8 @@ from conftest import REPO, assert_valid_alto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.alto import PageMeta, alto_to_text, normalize_text
-from pipeline.outputs import (
+from pipeline.outputs.alto import PageMeta, alto_to_text, normalize_text
+from pipeline.outputs.page_files import (
     TEMP_PREFIX,
     escape_component,
     page_output_paths,
@@ -177,7 +177,7 @@ def test_crash_before_rename_leaves_only_a_recognisable_temp_file(tmp_path):
         import os, sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from pipeline import outputs
+        from pipeline.outputs import page_files as outputs
         os.replace = lambda *a: os._exit(9)
         outputs.write_atomic(Path({str(tmp_path)!r}) / "pages/a.pdf/0001.txt", b"half")
         """

@@ -8,10 +8,10 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pipeline.ingest import IngestSettings
-from pipeline.page_loader import probe
-from pipeline.registration import CRASHED_READER, DocumentRegistrar
-from pipeline.store import JobStore
+from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.page_loading import probe
+from pipeline.ingest.registration import CRASHED_READER, DocumentRegistrar
+from pipeline.jobs.sqlite_store import JobStore
 
 
 def probe_that_dies_on_poison(path: str, settings: IngestSettings):

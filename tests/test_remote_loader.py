@@ -31,7 +31,7 @@ from pipeline.compat.remote_recognizer import RemoteRecognizer, repetition_cut
 from pipeline.errors import BadArguments, CheckpointError
 from pipeline.model import load_recognizer
 from pipeline.model.generation import RepetitionGuard, _RepetitionTracker
-from pipeline.verify_probes import NativeProbe, RemoteProbe
+from pipeline.verify.probes import NativeProbe, RemoteProbe
 
 pytestmark = pytest.mark.compat
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_valid_alto
 
-from pipeline.alto import alto_to_text
 from pipeline.errors import ExitCode
-from pipeline.store import JobStore
+from pipeline.jobs.sqlite_store import JobStore
+from pipeline.outputs.alto import alto_to_text
 
 pytestmark = pytest.mark.slow
 

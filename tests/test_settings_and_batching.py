@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipeline.batching import ReadyPage, ReadyPages
 from pipeline.errors import BadArguments
-from pipeline.settings import RunSettings
+from pipeline.runner.batching import ReadyPage, ReadyPages
+from pipeline.runner.settings import RunSettings
 
 
 def settings(**overrides) -> RunSettings:

@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO
 
 from pipeline.errors import BadArguments, ConfigMismatch, ExitCode, OutputInUse, StoreDamaged
-from pipeline.job_backend import JobBackend
-from pipeline.store import JobStore
+from pipeline.jobs.backend import JobBackend
+from pipeline.jobs.sqlite_store import JobStore
 
 FINGERPRINT = {
     "model_checksum": "sha256:aaaa",
@@ -419,7 +419,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from pipeline.store import JobStore
+    from pipeline.jobs.sqlite_store import JobStore
     store = JobStore.open({out!r})
     store.sync_document(relpath="a.pdf", path="/in/a.pdf", sha256="h", size=1, mtime_ns=1,
                         kind="pdf", format="PDF", page_count=2)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import cli
-from pipeline.verify import (
+from pipeline.verify.check import (
     THRESHOLDS,
     Metrics,
     compare_logits,

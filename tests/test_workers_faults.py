@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.child_process import FAULT_VARIABLE, prepare_child_process
 from pipeline.errors import ExitCode
+from pipeline.runner.child_process import FAULT_VARIABLE, prepare_child_process
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.child_process import FAULT_VARIABLE
 from pipeline.errors import ExitCode
+from pipeline.runner.child_process import FAULT_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 20_000
@@ -42,8 +42,8 @@ def write_huge_grey_png(path: Path) -> None:
 
 _DECODE_WITH_LITTLE_MEMORY = """
 import json, resource, sys
-from pipeline.ingest import IngestSettings
-from pipeline.page_loader import load_page_image
+from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.page_loading import load_page_image
 settings = IngestSettings(max_image_pixels=10**9)
 warm = load_page_image(sys.argv[2], 0, settings, None)  # every decoder module imported now
 assert not hasattr(warm, "message"), warm

@@ -74,7 +74,7 @@ def thumbnail(source: str | None, page: int) -> str | None:
     if not source or not Path(source).is_file():
         return None
     try:
-        from pipeline.ingest import IngestSettings, load_page
+        from pipeline.ingest.documents import IngestSettings, load_page
 
         image = load_page(Path(source), page - 1, IngestSettings(dpi=40), THUMBNAIL_PIXELS)
         image.thumbnail((220, 320))

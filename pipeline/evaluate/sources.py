@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.job_backend import printable
-from pipeline.outputs import page_output_paths
-from pipeline.store import STATE_DIR, JobStore
+from pipeline.jobs.backend import printable
+from pipeline.jobs.sqlite_store import STATE_DIR, JobStore
+from pipeline.outputs.page_files import page_output_paths
 
 from .readers import SUFFIXES, page_format
 

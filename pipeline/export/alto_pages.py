@@ -11,9 +11,9 @@ from __future__ import annotations
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
-from pipeline.alto import ALTO_NS, SCHEMA_LOCATION, XSI_NS
-from pipeline.alto import xml_safe_text as xml_text
 from pipeline.names import escape_relpath
+from pipeline.outputs.alto import ALTO_NS, SCHEMA_LOCATION, XSI_NS
+from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage

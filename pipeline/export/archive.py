@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.outputs import TEMP_PREFIX, fsync_dir
+from pipeline.outputs.page_files import TEMP_PREFIX, fsync_dir
 
 _DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
 

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.job_backend import JobBackend, printable
-from pipeline.outputs import PAGES_DIR
-from pipeline.store import STATE_DIR, JobStore
-from pipeline.store_connect import reported_store_errors
+from pipeline.jobs.backend import JobBackend, printable
+from pipeline.jobs.connect import reported_store_errors
+from pipeline.jobs.sqlite_store import STATE_DIR, JobStore
+from pipeline.outputs.page_files import PAGES_DIR
 
 from . import alto_pages, hocr, mets, page_xml, txt
 from .archive import archive_path, write_archive

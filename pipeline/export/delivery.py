@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import OutputInUse
-from pipeline.outputs import TEMP_PREFIX, write_atomic
+from pipeline.outputs.page_files import TEMP_PREFIX, write_atomic
 
 MANIFEST_NAME = ".anandasky-export.json"
 LOCK_NAME = ".anandasky-export.lock"

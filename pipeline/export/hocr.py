@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
-from pipeline.alto import xml_safe_text as xml_text
+from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage, Line, PageContent

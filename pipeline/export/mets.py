@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
-from pipeline.alto import XSI_NS
-from pipeline.alto import xml_safe_text as xml_text
+from pipeline.outputs.alto import XSI_NS
+from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from . import alto_pages, hocr, page_xml, txt
 from .options import ExportOptions

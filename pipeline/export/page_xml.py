@@ -17,8 +17,8 @@ from __future__ import annotations
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
-from pipeline.alto import XSI_NS
-from pipeline.alto import xml_safe_text as xml_text
+from pipeline.outputs.alto import XSI_NS
+from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage, PageContent, line_text

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from pipeline.alto import ALTO_NS
-from pipeline.job_backend import DocumentPages, PageState
-from pipeline.outputs import PAGES_DIR, output_folder, page_output_paths
+from pipeline.jobs.backend import DocumentPages, PageState
+from pipeline.outputs.alto import ALTO_NS
+from pipeline.outputs.page_files import PAGES_DIR, output_folder, page_output_paths
 
 DONE, FAILED, PENDING, MISSING = "done", "failed", "pending", "missing"
 
@@ -191,7 +191,7 @@ def load_page(page: PageSource) -> PageContent:
 
 
 def parse_alto(data: bytes, finished_at: str | None = None) -> PageContent:
-    """Structure and confidences of an ALTO file as `pipeline.alto.build_alto` writes it."""
+    """Structure and confidences of an ALTO file as `pipeline.outputs.alto.build_alto` writes it."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
     root = etree.fromstring(data, parser)
     ns = root.nsmap.get(None, ALTO_NS)

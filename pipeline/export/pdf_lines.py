@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pipeline.alto import ALTO_NS
+from pipeline.outputs.alto import ALTO_NS
 
 from .pages import PageContent, line_text
 

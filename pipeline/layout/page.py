@@ -10,7 +10,7 @@ import time
 
 from PIL import Image
 
-from pipeline.images import PAGE_SIZE_KEY
+from pipeline.ingest.images import PAGE_SIZE_KEY
 from pipeline.layout.detector import DetectorSettings, shared_detector
 from pipeline.layout.geometry import HORIZONTAL, VERTICAL_RL, Line, PageLayout, Region, union_bbox
 from pipeline.layout.reading_order import (

@@ -1,6 +1,6 @@
 """What a job backend is: the records it hands out and the interface the run coordinator uses.
 
-`pipeline.store.JobStore` implements it on SQLite; a Ray or remote backend would implement the
+`pipeline.jobs.sqlite_store.JobStore` implements it on SQLite; a Ray or remote backend would implement the
 same methods and return the same records.
 """
 
@@ -53,7 +53,7 @@ class PageTask:
     page_index: int  # 0-based
     page_count: int
     attempts: int
-    # The document's registration, checked when the page is loaded (`pipeline.source_changes`).
+    # The document's registration, checked when the page is loaded (`pipeline.ingest.source_changes`).
     size: int | None = None
     mtime_ns: int | None = None
     sha256: str | None = None

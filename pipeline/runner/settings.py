@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import CheckpointError
-from pipeline.ingest import IngestSettings
+from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.selection import InputFilter
 from pipeline.model.checkpoint import locate
 from pipeline.model.config import AnandaSkyConfig, canonical_dtype
-from pipeline.selection import InputFilter
 
 OUTPUT_FORMATS = ("alto", "txt")
 # Not stored: a password has no business on disk, and `resume` asks for it again.

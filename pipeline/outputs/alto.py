@@ -23,9 +23,9 @@ from datetime import datetime
 
 from lxml import etree
 
-from . import SOFTWARE_NAME, __version__
-from .names import escape_relpath
-from .records import Recognition
+from pipeline import SOFTWARE_NAME, __version__
+from pipeline.names import escape_relpath
+from pipeline.records import Recognition
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"

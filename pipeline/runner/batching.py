@@ -15,7 +15,7 @@ from PIL import Image
 
 @dataclass
 class ReadyPage:
-    task: Any  # pipeline.store.PageTask
+    task: Any  # pipeline.jobs.sqlite_store.PageTask
     image: Image.Image
     load_s: float
     solo: bool = False

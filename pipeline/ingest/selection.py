@@ -55,7 +55,7 @@ def skip_reason(path: Path) -> str | None:
 
     Unreadable files and broken links count as page files so that probing says what is wrong.
     """
-    from pipeline.ingest import sniff_format
+    from pipeline.ingest.documents import sniff_format
 
     if path.suffix.lower() in PAGE_SUFFIXES:
         return None

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .job_backend import SkippedFile, SkippedFiles
-from .names import db_text, py_text
+from pipeline.jobs.backend import SkippedFile, SkippedFiles
+from pipeline.names import db_text, py_text
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.ingest import IngestSettings, SourceFile
-from pipeline.job_backend import JobBackend, PageTask, printable
-from pipeline.progress import log
+from pipeline.ingest.documents import IngestSettings, SourceFile
+from pipeline.jobs.backend import JobBackend, PageTask, printable
+from pipeline.runner.progress import log
 
 _HASH_CHUNK = 1 << 20
 
@@ -82,7 +82,7 @@ class SourceChanges:
 
     def handle(self, task: PageTask, pending: deque) -> None:
         """Register `task`'s file again and queue its new pages in place of the old ones."""
-        from pipeline.registration import DocumentRegistrar
+        from pipeline.ingest.registration import DocumentRegistrar
 
         log.warning(
             "%s changed while this run was reading it; doing it again from its new content",

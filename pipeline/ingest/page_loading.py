@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import InputError
-from pipeline.ingest import DocumentInfo, IngestSettings, load_page, probe_document
-from pipeline.source_changes import Registered, SourceChanged, source_changed
+from pipeline.ingest.documents import DocumentInfo, IngestSettings, load_page, probe_document
+from pipeline.ingest.source_changes import Registered, SourceChanged, source_changed
 
 
 @dataclass(frozen=True)

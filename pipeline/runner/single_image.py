@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.ingest import IngestSettings, load_page
+from pipeline.ingest.documents import IngestSettings, load_page
 from pipeline.model import DEFAULT_PROMPT, load_recognizer
 
 

@@ -18,7 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import AnandaSkyError, BadArguments, OutputAccessError, OutputInUse, StoreDamaged
+from pipeline.errors import (
+    AnandaSkyError,
+    BadArguments,
+    OutputAccessError,
+    OutputInUse,
+    StoreDamaged,
+)
 
 SCHEMA_VERSION = 2  # 2 added skipped_files and removed_sources; 1 stays readable
 STATE_DIR = ".anandasky"

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 
-from . import store_inputs
-from .errors import ConfigMismatch
-from .job_backend import (
+from pipeline.errors import ConfigMismatch
+from pipeline.jobs import input_records as store_inputs
+from pipeline.jobs.backend import (
     DeviceStats,
     DocumentPages,
     DonePage,
@@ -37,9 +37,7 @@ from .job_backend import (
     PageTask,
     StoreSummary,
 )
-from .names import db_text as _db_text
-from .names import py_text as _py_text
-from .store_connect import (
+from pipeline.jobs.connect import (
     DB_NAME,
     LOCK_NAME,
     STATE_DIR,
@@ -51,6 +49,8 @@ from .store_connect import (
     store_error,
     take_run_lock,
 )
+from pipeline.names import db_text as _db_text
+from pipeline.names import py_text as _py_text
 
 PAGE_STATES = ("pending", "running", "done", "failed")
 INFER_KEY = "infer_s"  # the timings key whose sum `summary()` reports per device

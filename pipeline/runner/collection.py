@@ -23,23 +23,44 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pipeline
-from pipeline.alto import PageMeta, page_confidence
-from pipeline.batching import ReadyPage, ReadyPages
-from pipeline.child_process import prepare_child_process
-from pipeline.device_plan import WorkerSlot, check_device_runtime, plan_workers
 from pipeline.errors import AnandaSkyError, BadArguments, CheckpointError, DevicesLost, ExitCode
-from pipeline.images import PAGE_SIZE_KEY
+from pipeline.ingest.images import PAGE_SIZE_KEY
+from pipeline.ingest.page_loading import LoadFailure, load_page_image
+from pipeline.ingest.rasterize import require_poppler
+from pipeline.ingest.registration import DocumentRegistrar
+from pipeline.ingest.source_changes import SourceChanged, SourceChanges, registered_of
+from pipeline.jobs.connect import (
+    DB_NAME,
+    STATE_DIR,
+    ensure_writable_folder,
+    output_access_error,
+    reported_store_errors,
+    store_error,
+)
+from pipeline.jobs.sqlite_store import JobStore
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.checkpoint import check_weight_files
 from pipeline.model.config import AnandaSkyConfig
-from pipeline.outputs import (
+from pipeline.outputs.alto import PageMeta, page_confidence
+from pipeline.outputs.page_files import (
     output_folder,
     page_outputs_complete,
     remove_stale_temp_files,
     write_page_outputs,
 )
-from pipeline.page_loader import LoadFailure, load_page_image
-from pipeline.progress import (
+from pipeline.records import Recognition
+from pipeline.runner.batching import ReadyPage, ReadyPages
+from pipeline.runner.child_process import prepare_child_process
+from pipeline.runner.device_plan import WorkerSlot, check_device_runtime, plan_workers
+from pipeline.runner.device_worker import (
+    BatchDone,
+    BatchFailed,
+    DeviceWorker,
+    WorkerFailed,
+    WorkerOptions,
+    WorkerReady,
+)
+from pipeline.runner.progress import (
     RunProgress,
     StageTimes,
     announce,
@@ -49,28 +70,7 @@ from pipeline.progress import (
     setup_run_log,
     write_run_summary,
 )
-from pipeline.rasterize import require_poppler
-from pipeline.records import Recognition
-from pipeline.registration import DocumentRegistrar
-from pipeline.settings import RunSettings, model_code_checksum
-from pipeline.source_changes import SourceChanged, SourceChanges, registered_of
-from pipeline.store import JobStore
-from pipeline.store_connect import (
-    DB_NAME,
-    STATE_DIR,
-    ensure_writable_folder,
-    output_access_error,
-    reported_store_errors,
-    store_error,
-)
-from pipeline.workers import (
-    BatchDone,
-    BatchFailed,
-    DeviceWorker,
-    WorkerFailed,
-    WorkerOptions,
-    WorkerReady,
-)
+from pipeline.runner.settings import RunSettings, model_code_checksum
 
 # A device whose worker keeps dying (driver fault, out of memory at load) is given up on.
 MAX_WORKER_RESTARTS = 3

@@ -45,7 +45,7 @@ import torch
 
 from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
 from pipeline.model.config import DEFAULT_PROMPT
-from pipeline.verify_probes import decode, probe_for
+from pipeline.verify.probes import decode, probe_for
 
 SCHEMA_VERSION = 1
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "inputs"
@@ -193,7 +193,7 @@ def default_images() -> list[Path]:
 
 
 def _load_pages(paths: list[Path], max_pixels: int) -> list[Any]:
-    from pipeline.ingest import IngestSettings, load_page
+    from pipeline.ingest.documents import IngestSettings, load_page
 
     pages = []
     for path in paths:
@@ -354,7 +354,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_report(report: VerifyReport, path: Path) -> None:
-    from pipeline.outputs import write_atomic
+    from pipeline.outputs.page_files import write_atomic
 
     data = _json_safe(report.to_dict())
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

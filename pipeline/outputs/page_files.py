@@ -19,9 +19,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .alto import PageMeta, build_alto, normalize_text
-from .names import escape_component
-from .records import Recognition
+from pipeline.names import escape_component
+from pipeline.outputs.alto import PageMeta, build_alto, normalize_text
+from pipeline.records import Recognition
 
 __all__ = ["escape_component"]  # defined in .names, which alto.py can import without a cycle
 

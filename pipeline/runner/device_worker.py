@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipeline.child_process import injected_fault, prepare_child_process
-from pipeline.device_plan import WorkerSlot, pin_to_slot
 from pipeline.records import Recognition
+from pipeline.runner.child_process import injected_fault, prepare_child_process
+from pipeline.runner.device_plan import WorkerSlot, pin_to_slot
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pipeline.errors import NothingToDo
-from pipeline.ingest import DocumentInfo, IngestSettings, SourceFile, discover
-from pipeline.job_backend import JobBackend, printable
-from pipeline.outputs import remove_document_outputs
-from pipeline.page_loader import LoadFailure, probe
-from pipeline.progress import log
-from pipeline.selection import InputFilter
+from pipeline.ingest.documents import DocumentInfo, IngestSettings, SourceFile, discover
+from pipeline.ingest.page_loading import LoadFailure, probe
+from pipeline.ingest.selection import InputFilter
+from pipeline.jobs.backend import JobBackend, printable
+from pipeline.outputs.page_files import remove_document_outputs
+from pipeline.runner.progress import log
 
 CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
 

@@ -188,7 +188,7 @@ def write_run_summary(
     out_dir: Path, progress: RunProgress, stages: StageTimes, wall_s: float, totals: dict
 ) -> None:
     """`OUT/run-summary.json`: the last invocation's figures, for scripts and benchmarks."""
-    from pipeline.outputs import write_atomic
+    from pipeline.outputs.page_files import write_atomic
 
     summary = {"this_run": progress.to_dict(wall_s, stages), "collection": totals}
     write_atomic(out_dir / "run-summary.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from pipeline.errors import BadArguments, ExitCode
-from pipeline.job_backend import StoreSummary
-from pipeline.store import JobStore
-from pipeline.store_connect import reported_store_errors
+from pipeline.jobs.backend import StoreSummary
+from pipeline.jobs.connect import reported_store_errors
+from pipeline.jobs.sqlite_store import JobStore
 
 _SHOWN_FAILURES = 50
 

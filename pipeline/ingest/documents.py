@@ -7,7 +7,7 @@ painting a pixel, and `load_page` produces one upright RGB page. Unusable input 
 `DocumentError` or `PageError` with a short `reason` and a `detail` saying what to do; the caller
 knows which file and page it asked for and puts them in front of the message.
 
-PDF rasterizing lives in `pipeline.rasterize`, raster images in `pipeline.images`.
+PDF rasterizing lives in `pipeline.ingest.rasterize`, raster images in `pipeline.ingest.images`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import BadArguments, DocumentError
-from pipeline.images import count_image_pages, load_image_page, open_error
-from pipeline.job_backend import printable
-from pipeline.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
-from pipeline.selection import InputFilter, holds_job_store, skip_reason
+from pipeline.ingest.images import count_image_pages, load_image_page, open_error
+from pipeline.ingest.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
+from pipeline.ingest.selection import InputFilter, holds_job_store, skip_reason
+from pipeline.jobs.backend import printable
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Outputs: where a page's files go, atomic writes, ALTO and plain text."""

@@ -1,0 +1,1 @@
+"""Runner: a run over a collection: settings, devices, workers, scheduling, progress."""
