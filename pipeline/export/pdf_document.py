@@ -107,7 +107,8 @@ def build_pdf(doc: ExportDocument) -> bytes:
     base.save(
         out,
         deterministic_id=True,
-        stream_decode_level=pikepdf.StreamDecodeLevel.none,  # streams keep their bytes
+        stream_decode_level=pikepdf.StreamDecodeLevel.none,  # streams keep their bytes,
+        compress_streams=False,  # uncompressed ones included
         recompress_flate=False,
     )
     return out.getvalue()
