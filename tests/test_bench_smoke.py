@@ -16,7 +16,15 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("generation", "packing", "rasterize", "pipeline_efficiency", "resume_cost", "memory")
+SCRIPTS = (
+    "generation",
+    "packing",
+    "rasterize",
+    "pipeline_efficiency",
+    "resume_cost",
+    "memory",
+    "export_pdf",
+)
 ENVELOPE = {
     "benchmark",
     "schema",

@@ -10,12 +10,15 @@ two documents never collide and every name stays printable and inside DIR):
     DIR/documents/box1/letter.pdf/page/0001.xml  page: PAGE XML 2019-07-15
     DIR/documents/box1/letter.pdf/hocr.html      hocr: one hOCR file for the document
     DIR/documents/box1/letter.pdf/mets.xml       mets: source file, ALTO (and PAGE) files, page order
+    DIR/documents/box1/letter.pdf/searchable.pdf pdf: the source's pages with invisible text
     DIR.zip                                      with --zip: all of the above, members under DIR's name
 
-One module per format; `collection` reads the store and drives them, `delivery` keeps DIR up
-to date incrementally, `report` says what is missing. Failed and pending pages are never
-exported as empty text: they are left out (and listed in the report), or with
-`--include-failed` written as placeholders marked as such in every format that can hold one.
+One module per format (pdf: `pdf_document` assembles the file, `pdf_layer` draws the text,
+`pdf_lines` places the lines, `pdf_font` makes the glyph-less font); `collection` reads the
+store and drives them, `delivery` keeps DIR up to date incrementally, `report` says what is
+missing. Failed and pending pages are never exported as empty text: they are left out (and
+listed in the report), or with `--include-failed` written as placeholders marked as such in
+every format that can hold one; in a PDF they stay as the source's page without text.
 """
 
 from .collection import export_collection
