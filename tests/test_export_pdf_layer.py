@@ -33,6 +33,7 @@ XHTML = "{http://www.w3.org/1999/xhtml}"
 LATIN_JPG = TESTDATA / "pages/handwriting/170025120000003,0074.jpg"
 CJK_JPG = TESTDATA / "pages/vertical/jp_vert.jpg"
 TOLERANCE = 1.0  # points: poppler rounds glyph extents
+BOX_KEYS = ("xMin", "yMin", "xMax", "yMax")
 
 LATIN = ["Příliš žluťoučký kůň", "úpěl ďábelské ódy: Łódź, Straße", "naïve café — Ørsted"]
 CJK = ["吾輩は猫である。", "名前はまだ無い。", "どこで生れたか𠀋とんと見当がつかぬ。"]
@@ -128,10 +129,7 @@ def pdftotext(path: Path, *args: str) -> str:
 def words(path: Path) -> list[tuple[str, tuple[float, float, float, float]]]:
     """(word, (x0, y0, x1, y1)) in points on the page as seen, in poppler's reading order."""
     root = etree.fromstring(pdftotext(path, "-bbox-layout").encode("utf-8"))
-    return [
-        (w.text, tuple(float(w.get(k)) for k in ("xMin", "yMin", "xMax", "yMax")))
-        for w in root.iter(f"{XHTML}word")
-    ]
+    return [(w.text, tuple(float(w.get(k)) for k in BOX_KEYS)) for w in root.iter(f"{XHTML}word")]
 
 
 def normalised(text: str) -> str:
@@ -316,3 +314,26 @@ def test_a_changed_source_gets_no_pdf(tmp_path):
     source.unlink()
     with pytest.raises(PdfUnavailable, match="cannot be read"):
         build_pdf(doc)
+
+
+def test_a_real_transcribed_page_comes_back_line_by_line_inside_its_line_boxes(tmp_path):
+    """The BnF GT page (65 lines with HPOS/VPOS boxes, some overlapping, medieval French with
+    ⁊, ꝑ and tildes) over its own JPEG, embedded as is: poppler finds each line's words as one
+    line of its own, inside the ALTO box."""
+    source = TESTDATA / "pages/handwriting/btv1b84473026_f10.jpg"
+    alto = (TESTDATA / "gt/btv1b84473026_f10.alto.xml").read_bytes()
+    pdf = exported(source, alto, tmp_path)
+    with pikepdf.open(pdf) as doc:
+        size = seen_size(doc.pages[0])
+    root = etree.fromstring(pdftotext(pdf, "-bbox-layout").encode("utf-8"))
+    found = [
+        ([w.text for w in line.iter(f"{XHTML}word")], [float(line.get(k)) for k in BOX_KEYS])
+        for line in root.iter(f"{XHTML}line")
+    ]
+    expected = line_boxes_pt(alto, size)
+    assert len(expected) == len(found) == 65
+    for text, box in expected:
+        assert any(words_ == text.split() and in_box(got, box) for words_, got in found), (
+            text,
+            box,
+        )
