@@ -255,6 +255,12 @@ def export(
         ),
     ] = "\\f",
     per_page_txt: Annotated[bool, typer.Option(help="Also one txt file per page.")] = False,
+    pdfa: Annotated[
+        bool,
+        typer.Option(
+            "--pdfa", help="Declare the PDFs PDF/A-2b (checks what can be checked without veraPDF)."
+        ),
+    ] = False,
 ) -> int:
     """Write a delivery package per document (txt, ALTO, METS, PAGE, hOCR, searchable PDF) and a report of what is missing."""
     from pipeline.export import export_collection, parse_separator
@@ -268,6 +274,7 @@ def export(
         zip_archive=zip_archive,
         page_separator=parse_separator(page_separator),
         per_page_txt=per_page_txt,
+        pdfa=pdfa,
     )
     print(report.summary())
     return report.exit_code

@@ -108,6 +108,7 @@ def export_collection(
     zip_archive: bool = False,
     page_separator: str = DEFAULT_SEPARATOR,
     per_page_txt: bool = False,
+    pdfa: bool = False,
 ) -> ExportReport:
     """Write (or bring up to date) the delivery of OUT's results in `to`; safe beside a run.
 
@@ -120,6 +121,7 @@ def export_collection(
         include_failed=include_failed,
         page_separator=page_separator,
         per_page_txt=per_page_txt,
+        pdfa=pdfa,
     )
     out_dir, to = Path(os.path.abspath(out_dir)), Path(os.path.abspath(to))
     _check_destination(out_dir, to)

@@ -38,6 +38,7 @@ class ExportOptions:
     include_failed: bool = False
     page_separator: str = DEFAULT_SEPARATOR
     per_page_txt: bool = False
+    pdfa: bool = False  # pdf declared PDF/A-2b (pdf_archival)
 
     @classmethod
     def make(
@@ -48,6 +49,7 @@ class ExportOptions:
         include_failed: bool = False,
         page_separator: str = DEFAULT_SEPARATOR,
         per_page_txt: bool = False,
+        pdfa: bool = False,
     ) -> ExportOptions:
         """Validated options. `mets` points at the delivered ALTO files, so it brings `alto`."""
         wanted = {f.strip().lower() for f in formats if f.strip()}
@@ -60,12 +62,15 @@ class ExportOptions:
             wanted.add("alto")
         if per_page_txt and "txt" not in wanted:
             raise BadArguments("--per-page-txt needs txt among the --format list")
+        if pdfa and "pdf" not in wanted:
+            raise BadArguments("--pdfa needs pdf among the --format list")
         return cls(
             formats=tuple(f for f in FORMATS if f in wanted),
             documents=tuple(documents),
             include_failed=include_failed,
             page_separator=page_separator,
             per_page_txt=per_page_txt,
+            pdfa=pdfa,
         )
 
     def selects(self, relpath: str) -> bool:
@@ -80,4 +85,5 @@ class ExportOptions:
             "include_failed": self.include_failed,
             "page_separator": self.page_separator,
             "per_page_txt": self.per_page_txt,
+            "pdfa": self.pdfa,
         }

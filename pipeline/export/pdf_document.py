@@ -13,7 +13,7 @@ The ALTO's page pixels map to the page as it is seen: its CropBox (MediaBox with
 by its /Rotate, which is what the run rasterised (PDF) or decoded (image). Pages without a
 transcription (failed, pending) stay as images without text; the export report lists them.
 A document whose source is gone, changed since the run, or unreadable gets no PDF, and its
-report entry says why (`pdf_error`).
+report entry says why (`pdf_error`). `--pdfa`: see `pdf_archival`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ import pikepdf
 
 from .options import ExportOptions
 from .pages import ExportDocument
+from .pdf_archival import NotArchivable, make_pdfa
 from .pdf_layer import LayerPage, text_layer
 from .pdf_lines import page_lines
 
 FILE_NAME = "searchable.pdf"
+LAYER_NAME = "/AnandaskyText"  # the text layer's XObject name on each page
 # What img2pdf refuses (an alpha channel, a mirrored EXIF orientation, ...): the document
 # gets no PDF and the report says why, rather than an image re-encoded with losses.
 _IMG2PDF_ERRORS = (
@@ -81,8 +83,23 @@ def seen_size(page: pikepdf.Page) -> tuple[float, float]:
     return (height, width) if page.rotation % 180 == 90 else (width, height)
 
 
-def build_pdf(doc: ExportDocument) -> bytes:
-    """The document's searchable PDF; raises PdfUnavailable."""
+def _overlay(target: pikepdf.Page, layer_page: pikepdf.Page) -> None:
+    """Draw the layer page over `target`, as pikepdf's add_overlay does, but under a fixed
+    resource name (add_overlay picks a random one), so the same pages give the same bytes.
+    qpdf fits the layer to the CropBox and undoes the page's /Rotate: it lies upright on the
+    page as seen."""
+    form = layer_page.as_form_xobject()
+    taken = set(target.resources.get("/XObject", {}).keys())
+    name = next(n for i in range(len(taken) + 1) if (n := f"{LAYER_NAME}{i or ''}") not in taken)
+    placed = target.add_resource(form, pikepdf.Name.XObject, pikepdf.Name(name))
+    ops = target.calc_form_xobject_placement(form, placed, pikepdf.Rectangle(target.cropbox))
+    target.contents_add(b"q\n", prepend=True)
+    target.contents_add(b"Q\n" + ops)
+    target.contents_coalesce()
+
+
+def build_pdf(doc: ExportDocument, *, pdfa: bool = False) -> bytes:
+    """The document's searchable PDF (declared PDF/A-2b if asked); raises PdfUnavailable."""
     base = _base_pdf(_read_source(doc))
     if len(base.pages) != doc.page_count:
         raise PdfUnavailable(
@@ -100,9 +117,12 @@ def build_pdf(doc: ExportDocument) -> bytes:
     if layers:
         layer = pikepdf.open(io.BytesIO(text_layer(layers)))
         for target, layer_page in zip(targets, layer.pages, strict=True):
-            # qpdf fits the layer to the CropBox and undoes the page's /Rotate, so the layer
-            # lies upright on the page as seen.
-            target.add_overlay(layer_page, pikepdf.Rectangle(target.cropbox))
+            _overlay(target, layer_page)
+    if pdfa:
+        try:
+            make_pdfa(base, doc.relpath)
+        except NotArchivable as exc:
+            raise PdfUnavailable(str(exc)) from None
     out = io.BytesIO()
     base.save(
         out,
@@ -116,5 +136,5 @@ def build_pdf(doc: ExportDocument) -> bytes:
 
 def render(doc: ExportDocument, options: ExportOptions) -> dict[str, bytes]:
     """{searchable.pdf: bytes}; raises PdfUnavailable (the caller reports it)."""
-    del options  # the PDF holds transcribed pages only; placeholders have no place in it
-    return {FILE_NAME: build_pdf(doc)}
+    # The PDF holds transcribed pages only: placeholders (--include-failed) have no place in it.
+    return {FILE_NAME: build_pdf(doc, pdfa=options.pdfa)}
