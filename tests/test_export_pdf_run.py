@@ -202,3 +202,20 @@ def test_a_failed_page_stays_an_image_without_text_and_is_reported(tmp_path, tin
     assert normalised(texts[done - 1]) == normalised(page_texts(out, "frames.tif")[0])
     with pikepdf.open(pdf) as doc:
         assert all(len(page.get_images()) == 1 for page in doc.pages)
+
+
+def test_pdfa_export_delivers_what_it_can_declare_and_reports_the_rest(delivery, tmp_path):
+    """The JPEG 2000 + JBIG2 book uses fonts it does not embed: no PDF/A for it, said why."""
+    _inputs, out, _to = delivery
+    to = tmp_path / "archival"
+    proc = cli("export", str(out), "--to", str(to), "--format", "pdf", "--pdfa")
+    assert proc.returncode == ExitCode.SOME_PAGES_FAILED, proc.stdout + proc.stderr
+    assert "1 document without PDF" in proc.stdout
+    report = json.loads((to / "export-report.json").read_text())
+    errors = {d["relpath"]: d.get("pdf_error") for d in report["documents"]}
+    assert "is not embedded" in errors.pop("book.pdf") and not any(errors.values())
+    assert report["totals"]["documents_without_pdf"] == 1 and not report["complete"]
+    assert not exported_pdf(to, "book.pdf").exists()
+    for name in errors:
+        with pikepdf.open(exported_pdf(to, name)) as pdf:
+            assert pdf.open_metadata()["pdfaid:part"] == "2", name
