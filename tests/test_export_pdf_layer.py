@@ -23,7 +23,7 @@ from fontTools.ttLib import TTFont
 from lxml import etree
 from PIL import Image
 
-from pipeline.export.pages import ExportDocument, ExportPage, parse_alto
+from pipeline.export.pages import ExportDocument, ExportPage, parse_alto, text_content
 from pipeline.export.pdf_document import PdfUnavailable, build_pdf, seen_size
 from pipeline.export.pdf_font import FAMILY
 from pipeline.export.pdf_lines import MIN_SLOTS, page_lines
@@ -155,9 +155,15 @@ def line_boxes_pt(alto: bytes, size: tuple[float, float]) -> list[tuple[str, tup
     ]
 
 
-def assert_words_in_their_lines(pdf: Path, alto: bytes, size: tuple[float, float]) -> None:
-    """Every word lies inside a line box, and each box's words are exactly its line's text."""
-    found = words(pdf)
+def assert_words_in_their_lines(
+    pdf: Path, alto: bytes, size: tuple[float, float], offset: tuple[float, float] = (0, 0)
+) -> None:
+    """Every word lies inside a line box, and each box's words are exactly its line's text.
+
+    `offset`: where the page as seen starts in poppler's coordinates (which start at the
+    MediaBox's top left, not the CropBox's)."""
+    dx, dy = offset
+    found = [(w, (b[0] - dx, b[1] - dy, b[2] - dx, b[3] - dy)) for w, b in words(pdf)]
     lines = line_boxes_pt(alto, size)
     for text, box in lines:
         centre_in = [
@@ -337,3 +343,45 @@ def test_a_real_transcribed_page_comes_back_line_by_line_inside_its_line_boxes(t
             text,
             box,
         )
+
+
+def test_vertical_lines_without_coordinates_fill_the_page_as_columns_right_to_left(tmp_path):
+    source = pdf_of(CJK_JPG, tmp_path)
+    w, h = Image.open(CJK_JPG).size
+    alto = alto_page(w, h, [{"direction": "ttb", "lines": [(t, None, None) for t in CJK]}])
+    lines = page_lines(parse_alto(alto), (1, 1)).lines
+    assert all(ln.vertical for ln in lines)
+    assert [ln.box[0] for ln in lines] == sorted((ln.box[0] for ln in lines), reverse=True)
+    pdf = exported(source, alto, tmp_path)
+    assert normalised(pdftotext(pdf)) == normalised("\n".join(CJK))
+    assert_words_in_their_lines(pdf, alto, shown_size(source))
+
+
+def test_a_page_the_run_wrote_as_txt_only_fills_the_page_area(tmp_path):
+    """`run --formats txt` leaves no ALTO (no size, no boxes): the PDF page itself is the area."""
+    source = pdf_of(LATIN_JPG, tmp_path)
+    content = text_content("\n".join(LATIN[:2]) + "\n\n" + LATIN[2])
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    page = ExportPage(1, "done", None, content)
+    pdf = tmp_path / "txt-only.pdf"
+    pdf.write_bytes(build_pdf(ExportDocument("doc", str(source), 1, sha, None, (page,))))
+    assert normalised(pdftotext(pdf)) == normalised("\n".join(LATIN))
+    size = shown_size(source)
+    assert all(in_box(b, (0, 0, *size)) for _, b in words(pdf))
+
+
+def test_a_cropped_source_page_gets_its_text_on_the_cropbox(tmp_path):
+    """The run painted the CropBox (what viewers show), so the ALTO page is the CropBox."""
+    source = pdf_of(LATIN_JPG, tmp_path)
+    with pikepdf.open(source, allow_overwriting_input=True) as doc:
+        x0, y0, x1, y1 = (float(v) for v in doc.pages[0].mediabox)
+        doc.pages[0].CropBox = [x0 + 100, y0 + 200, x1 - 50, y1 - 100]
+        doc.save(source)
+    size = shown_size(source)
+    w, h = round(size[0] * 4), round(size[1] * 4)  # the CropBox painted at 288 DPI
+    lines = [(LATIN[0], (100, 200, 1500, 80), None), (LATIN[1], (100, 400, 1700, 80), None)]
+    alto = alto_page(w, h, [{"lines": lines}])
+    pdf = exported(source, alto, tmp_path)
+    assert normalised(pdftotext(pdf)) == normalised("\n".join(LATIN[:2]))
+    # poppler counts from the MediaBox: the CropBox starts 100 pt right of and below its corner
+    assert_words_in_their_lines(pdf, alto, size, offset=(100, 100))
