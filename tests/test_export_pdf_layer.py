@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -385,3 +386,29 @@ def test_a_cropped_source_page_gets_its_text_on_the_cropbox(tmp_path):
     assert normalised(pdftotext(pdf)) == normalised("\n".join(LATIN[:2]))
     # poppler counts from the MediaBox: the CropBox starts 100 pt right of and below its corner
     assert_words_in_their_lines(pdf, alto, size, offset=(100, 100))
+
+
+def test_documents_whose_source_is_gone_get_no_pdf_are_reported_and_tried_again(tmp_path):
+    """The collection of test_export (sources under /archive/in, which does not exist)."""
+    from test_export import build_out
+
+    from pipeline.export import export_collection
+    from pipeline.export.delivery import MANIFEST_NAME
+
+    store = build_out(tmp_path / "out")
+    try:
+        to = tmp_path / "delivery"
+        report = export_collection(tmp_path / "out", to, formats=("txt", "pdf"))
+        entries = report.documents
+        assert entries and all("source file cannot be read" in d["pdf_error"] for d in entries)
+        assert report.totals()["documents_without_pdf"] == len(entries) and not report.complete
+        assert f"{len(entries)} documents without PDF" in report.summary()
+        assert not list(to.rglob("searchable.pdf")) and len(list(to.rglob("text.txt"))) == len(
+            entries
+        )
+        manifest = json.loads((to / MANIFEST_NAME).read_text())
+        assert all(doc["key"] == "" for doc in manifest["documents"].values())  # never current
+        again = export_collection(tmp_path / "out", to, formats=("txt", "pdf"))
+        assert again.documents == entries and again.written == 0
+    finally:
+        store.close()
