@@ -412,3 +412,23 @@ def test_documents_whose_source_is_gone_get_no_pdf_are_reported_and_tried_again(
         assert again.documents == entries and again.written == 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("mode", ["F", "LAB"])
+def test_an_image_img2pdf_cannot_take_as_is_is_embedded_as_the_run_saw_it(tmp_path, mode):
+    """32-bit float and LAB TIFFs: img2pdf refuses them, so the page is the run's 8-bit RGB
+    view of the file (the same `to_rgb`), stored without loss, at the file's DPI."""
+    from pipeline.ingest.images import to_rgb
+
+    source = tmp_path / f"{mode}.tif"
+    Image.open(CJK_JPG).resize((413, 584)).convert(mode).save(source, dpi=(50, 50))
+    w, h = Image.open(source).size
+    alto = alto_page(w, h, [{"lines": [(CJK[0], (40, 40, 300, 40), None)]}])
+    pdf = exported(source, alto, tmp_path)
+    assert normalised(pdftotext(pdf)) == CJK[0]
+    with pikepdf.open(pdf) as doc:
+        (page,) = doc.pages
+        assert [float(v) for v in page.mediabox][2:] == pytest.approx([w * 72 / 50, h * 72 / 50])
+        ((_, image),) = page.get_images().items()
+        pixels = pikepdf.PdfImage(image).as_pil_image()
+    assert pixels.tobytes() == to_rgb(Image.open(source)).convert(pixels.mode).tobytes()

@@ -7,7 +7,8 @@
 - An image source (JPEG, PNG, TIFF incl. multi-page, JPEG 2000, ...) becomes pages with
   img2pdf, which embeds JPEG and JPEG 2000 bytes as they are and other images losslessly, at
   the image's own size and resolution (its DPI; 96 when the file gives none), turned as its EXIF
-  orientation says.
+  orientation says; an alpha channel stays, as a soft mask. An image img2pdf will not take as
+  it is (32-bit or LAB pixels) is embedded as the run saw it, 8-bit RGB, without further loss.
 
 The ALTO's page pixels map to the page as it is seen: its CropBox (MediaBox without one) turned
 by its /Rotate, which is what the run rasterised (PDF) or decoded (image). Pages without a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from pathlib import Path
 
 import img2pdf
@@ -33,8 +35,8 @@ from .pdf_lines import page_lines
 
 FILE_NAME = "searchable.pdf"
 LAYER_NAME = "/AnandaskyText"  # the text layer's XObject name on each page
-# What img2pdf refuses (an alpha channel, a mirrored EXIF orientation, ...): the document
-# gets no PDF and the report says why, rather than an image re-encoded with losses.
+# What img2pdf refuses even as the run saw it (a mirrored EXIF orientation, a broken file, ...):
+# the document gets no PDF and the report says why, rather than an image re-encoded with losses.
 _IMG2PDF_ERRORS = (
     img2pdf.AlphaChannelError,
     img2pdf.ExifOrientationError,
@@ -44,6 +46,11 @@ _IMG2PDF_ERRORS = (
     img2pdf.PdfTooLargeError,
     img2pdf.UnsupportedColorspaceError,
 )
+
+
+# img2pdf logs what it does with an alpha channel (keeps it as a soft mask) as a warning; the
+# export's own summary is what the user reads.
+logging.getLogger("img2pdf").setLevel(logging.ERROR)
 
 
 class PdfUnavailable(Exception):
@@ -66,12 +73,36 @@ def _read_source(doc: ExportDocument) -> bytes:
     return data
 
 
+def _as_seen(data: bytes) -> list[bytes]:
+    """Each frame as the run saw it (EXIF-turned, transparency on white paper, deep or exotic
+    modes made 8-bit RGB by the same `to_rgb`), as PNG with the file's DPI: for the images
+    img2pdf will not embed as they are. The pixels a reader sees are kept, without loss."""
+    from PIL import Image, ImageOps
+
+    from pipeline.ingest.images import to_rgb
+
+    pages = []
+    with Image.open(io.BytesIO(data)) as image:
+        dpi = image.info.get("dpi")
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            out = io.BytesIO()
+            frame = to_rgb(ImageOps.exif_transpose(image.copy()))
+            frame.save(out, "PNG", **({"dpi": dpi} if dpi else {}))
+            pages.append(out.getvalue())
+    return pages
+
+
 def _base_pdf(data: bytes) -> pikepdf.Pdf:
     """The pages to put text on: the source PDF itself, or the images made into pages."""
     try:
         if data.startswith(b"%PDF") or b"%PDF-" in data[:1024]:
             return pikepdf.open(io.BytesIO(data))
-        return pikepdf.open(io.BytesIO(img2pdf.convert(data, nodate=True)))
+        try:
+            return pikepdf.open(io.BytesIO(img2pdf.convert(data, nodate=True)))
+        except (img2pdf.AlphaChannelError, img2pdf.UnsupportedColorspaceError, ValueError):
+            # img2pdf's ValueError: "unknown colorspace" (LAB), "more than 8 bits per sample"
+            return pikepdf.open(io.BytesIO(img2pdf.convert(_as_seen(data), nodate=True)))
     except (pikepdf.PdfError, *_IMG2PDF_ERRORS, ValueError, OSError) as exc:
         raise PdfUnavailable(f"its source cannot be made into PDF pages ({exc})") from None
 
