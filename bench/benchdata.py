@@ -92,7 +92,8 @@ def build_recognizer(size: str, device: str, dtype: str | None, workdir: Path) -
     tiny/seed go through the real path (make_test_model, then load_recognizer); full is built in
     memory with the same initialisation, since writing ~2.5 GB only to read it back adds nothing.
     """
-    from pipeline.model import load_recognizer, make_test_model
+    from pipeline.model import make_test_model
+    from pipeline.recognition import load_recognizer
 
     if size in ("tiny", "seed"):
         return load_recognizer(make_test_model(workdir / size, size), device=device, dtype=dtype)

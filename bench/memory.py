@@ -56,7 +56,7 @@ def child(size: str, dtype: str, model_dir: str, new_tokens: int) -> dict[str, A
     import torch
     from transformers import Qwen3ForCausalLM  # noqa: F401  (load_recognizer would import it)
 
-    from pipeline.model import load_recognizer
+    from pipeline.recognition import load_recognizer
 
     report["rss_after_import_mib"] = benchlib.current_rss_mib()
     report["after_import"] = benchlib.rss_split_mib()

@@ -12,7 +12,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.errors import BadArguments
-from pipeline.model import load_recognizer
 from pipeline.model.continuous import plan_slots
 from pipeline.model.decoder import KVCache
 from pipeline.model.feeds import JobFeed
@@ -28,6 +27,7 @@ from pipeline.model.kv_slots import SlotCache
 from pipeline.model.scheduler import Scheduler
 from pipeline.model.sequence import Sequence
 from pipeline.model.slot_guard import SlotRepetitionTracker
+from pipeline.recognition import load_recognizer
 
 pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]
 

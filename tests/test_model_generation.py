@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.model import load_recognizer
 from pipeline.model.decoder import KVCache
 from pipeline.model.generation import (
     STOP_EOS,
@@ -19,6 +18,7 @@ from pipeline.model.generation import (
     RepetitionGuard,
     _RepetitionTracker,
 )
+from pipeline.recognition import load_recognizer
 
 # The decoder is transformers' Qwen3: CI runs these on transformers 4.55.4 as well.
 pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]
@@ -49,7 +49,7 @@ def pages(count: int, seed: int = 0) -> list[Image.Image]:
 
 def prompt_embeddings(recognizer, count: int, seed: int = 0):
     with torch.inference_mode():
-        return recognizer._prompt_embeddings(
+        return recognizer.prompt_embeddings(
             pages(count, seed), "Recognize the text in this image."
         )
 

@@ -9,16 +9,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.errors import BadArguments, CheckpointError
-from pipeline.model import (
-    DEFAULT_PROMPT,
-    Recognizer,
-    checkpoint_checksum,
-    load_recognizer,
-    transcribe,
-)
+from pipeline.model import DEFAULT_PROMPT, Recognizer, checkpoint_checksum
 from pipeline.model.checkpoint import read_config
 from pipeline.model.modeling import count_parameters
+from pipeline.recognition import load_recognizer
 from pipeline.records import Recognition
+from pipeline.runner.single_image import transcribe
 
 # The decoder is transformers' Qwen3: CI runs these on transformers 4.55.4 as well.
 pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]

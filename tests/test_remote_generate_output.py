@@ -18,8 +18,8 @@ from PIL import Image
 from remote_fixture import build_remote_checkpoint
 
 from pipeline.compat.remote_recognizer import strip_prompt
-from pipeline.model import load_recognizer
 from pipeline.model.generation import STOP_EOS
+from pipeline.recognition import load_recognizer
 
 pytestmark = pytest.mark.compat
 

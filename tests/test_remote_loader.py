@@ -22,15 +22,12 @@ from PIL import Image
 from remote_fixture import build_remote_checkpoint
 from safetensors.torch import load_file, save_file
 
-from pipeline.compat.remote import (
-    choose_impl,
-    load_remote_recognizer,
-    native_layout_problem,
-)
+from pipeline.compat.remote import load_remote_recognizer
 from pipeline.compat.remote_recognizer import RemoteRecognizer, repetition_cut
 from pipeline.errors import BadArguments, CheckpointError
-from pipeline.model import load_recognizer
 from pipeline.model.generation import RepetitionGuard, _RepetitionTracker
+from pipeline.model.native_layout import native_layout_problem
+from pipeline.recognition import choose_impl, load_recognizer
 from pipeline.verify.probes import NativeProbe, RemoteProbe
 
 pytestmark = pytest.mark.compat
@@ -96,7 +93,7 @@ def test_native_config_with_remote_tensor_names_is_not_native(
 def test_remote_fixture_transcribes_token_for_token_like_native_on_cpu_fp32(
     tiny_model_dir, remote_model_dir, no_network, caplog
 ):
-    with caplog.at_level(logging.INFO, logger="pipeline.compat.remote"):
+    with caplog.at_level(logging.INFO, logger="pipeline.recognition"):
         remote = load_recognizer(remote_model_dir, "cpu", "float32", impl="auto")
     assert isinstance(remote, RemoteRecognizer)
     assert "remote-code implementation" in caplog.text

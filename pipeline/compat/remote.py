@@ -12,184 +12,41 @@ CUDA with flash-attn. Loading it here means, in this order:
 4. patching autocast in every module loaded from the folder: the device type becomes the model's
    real one (upstream hard-codes "cuda") and the dtype the one asked for (float32 disables it).
 
-`choose_impl` decides `--impl auto`: native whenever the folder is exactly in the native layout
-(read from the safetensors headers, no tensor is loaded), else remote.
+Which folder loads through here (`--impl auto`) is the loader's choice, `pipeline.recognition`;
+what the folder holds is read by `remote_folder`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
-import json
 import logging
-import re
-import struct
 import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+from transformers.dynamic_module_utils import get_cached_module_file, get_class_in_module
+from transformers.utils import logging as hf_logging
+
+from pipeline.compat.install import flash_attn_shim, patch_autocast
+from pipeline.compat.remote_folder import remote_code_entries
+from pipeline.compat.remote_recognizer import RemoteRecognizer
 from pipeline.errors import CheckpointError, MissingDependency
-from pipeline.model.checkpoint import (
-    CheckpointFiles,
-    check_tensor_names,
-    checkpoint_checksum,
-    locate,
-)
-from pipeline.model.config import AnandaSkyConfig
+from pipeline.model.checkpoint import locate
+from pipeline.model.devices import activate, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-# auto_map keys that may name the model class, most specific first.
-MODEL_KEYS = (
-    "AutoModelForImageTextToText",
-    "AutoModelForVision2Seq",
-    "AutoModelForCausalLM",
-    "AutoModel",
-)
-_CLASS_REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
-_MAX_HEADER_BYTES = 100 << 20  # a safetensors header past this is corrupt, not large
-
-
-# --- which implementation ---------------------------------------------------------------------
-
-
-def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a safetensors header (8-byte length, then JSON); no data read."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                raise CheckpointError(f"{path}: too short to be a safetensors file")
-            (size,) = struct.unpack("<Q", head)
-            if size > _MAX_HEADER_BYTES:
-                raise CheckpointError(
-                    f"{path}: safetensors header of {size} bytes; file is corrupt"
-                )
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the safetensors header of {path}: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    return {
-        name: tuple(int(d) for d in info["shape"])
-        for name, info in header.items()
-        if name != "__metadata__"
-    }
-
-
-def stored_tensor_shapes(files: CheckpointFiles) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of every stored tensor; with a shard index, each from the shard it names."""
-    owner: dict[str, str] | None = None
-    if files.index is not None:
-        try:
-            owner = json.loads(files.index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{files.index}: not a safetensors index ({exc})") from exc
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in files.weights:
-        for name, shape in read_safetensors_shapes(path).items():
-            if owner is None or owner.get(name) == path.name:
-                shapes[name] = shape
-    return shapes
-
-
-def native_layout_problem(model_dir: str | Path) -> str | None:
-    """Why the native model cannot load this folder as it is, or None when it can.
-
-    Compares names and shapes with the native model built on the meta device (no memory).
-    """
-    import torch
-
-    from pipeline.model.modeling import TIED_KEYS, AnandaSkyModel
-
-    files = locate(model_dir)
-    try:
-        config = AnandaSkyConfig.load(files.config)
-    except CheckpointError as exc:
-        return f"config.json is not a native AnandaSky config ({exc})"
-    with torch.device("meta"):
-        expected = {n: tuple(t.shape) for n, t in AnandaSkyModel(config).state_dict().items()}
-    tied = TIED_KEYS if config.text.tie_word_embeddings else ()
-    try:
-        check_tensor_names(expected, stored_tensor_shapes(files), str(files.root), optional=tied)
-    except CheckpointError as exc:
-        return str(exc)
-    return None
-
-
-def _read_config_json(files: CheckpointFiles) -> dict[str, Any]:
-    try:
-        data = json.loads(files.config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {files.config}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{files.config}: expected a JSON object")
-    return data
-
-
-def choose_impl(model_dir: str | Path) -> str:
-    """`"native"` if the folder is exactly in the native layout, else `"remote"`; logs why.
-
-    A folder that is neither (not native, and no `auto_map` remote code) raises
-    `CheckpointError` with the native loader's reason, which is the useful one to read.
-    """
-    files = locate(model_dir)
-    problem = native_layout_problem(files.root)
-    if problem is None:
-        log.info("%s: native layout; using the native implementation", files.root)
-        return "native"
-    if "auto_map" not in _read_config_json(files):
-        raise CheckpointError(
-            f"{problem}; and config.json declares no remote code (auto_map), so the remote "
-            "implementation cannot load it either"
-        )
-    log.info(
-        "%s: using the remote-code implementation; native is not possible: %s", files.root, problem
-    )
-    return "remote"
 
 
 # --- loading remote code ----------------------------------------------------------------------
 
 
-def remote_code_entries(files: CheckpointFiles) -> dict[str, str]:
-    """The folder's `auto_map` config/model/processor classes, checked to live in the folder."""
-    root, raw = files.root, _read_config_json(files)
-    auto_map = raw.get("auto_map")
-    if not isinstance(auto_map, dict) or not auto_map:
-        raise CheckpointError(
-            f"{files.config} declares no remote code (no auto_map); load it with --impl native"
-        )
-    model_key = next((k for k in MODEL_KEYS if k in auto_map), None)
-    wanted = {"config": "AutoConfig", "model": model_key, "processor": "AutoProcessor"}
-    entries: dict[str, str] = {}
-    for role, key in wanted.items():
-        ref = auto_map.get(key) if key else None
-        if not isinstance(ref, str):
-            names = key or " or ".join(MODEL_KEYS)
-            raise CheckpointError(f"{files.config}: auto_map has no {role} class ({names})")
-        if not _CLASS_REFERENCE.match(ref):
-            raise CheckpointError(
-                f"{files.config}: auto_map {key} = {ref!r} is not `module.Class` in this folder; "
-                "code from other repositories is never loaded"
-            )
-        module_file = root / (ref.split(".")[0] + ".py")
-        if not module_file.is_file():
-            raise CheckpointError(
-                f"{root}: auto_map {key} names {ref!r} but {module_file.name} is not in the "
-                "folder; copy the release's Python files next to its weights"
-            )
-        entries[role] = ref
-    return entries
-
-
 def _dtype_kwargs(dtype: Any) -> dict[str, Any]:
     """transformers 5.x renamed `torch_dtype=` to `dtype=`."""
-    import transformers
-
     major = int(transformers.__version__.split(".")[0])
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
@@ -220,8 +77,6 @@ def _check_loading(info: dict[str, Any], root: Path) -> None:
 
 
 def _load_remote_objects(root: Path, entries: dict[str, str], torch_dtype: Any) -> tuple[Any, Any]:
-    from transformers.dynamic_module_utils import get_cached_module_file, get_class_in_module
-
     def cls(ref: str) -> type:
         # Fresh module objects on every load: autocast is patched per module namespace, and a
         # second model of the same folder (verify's reference side) must not re-patch the first.
@@ -257,8 +112,6 @@ def force_autocast_dtype(module: types.ModuleType, names: list[str], dtype: Any)
     stand-ins `patch_autocast` installed under `names`, never torch itself. Blocks the remote
     code disables on purpose (`enabled=False`, fp32 islands) stay disabled.
     """
-    import torch
-
     wrapped: dict[int, Callable[..., Any]] = {}
 
     def forced(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -305,8 +158,6 @@ def exact_float32(device: Any, dtype: Any) -> None:
     convolution and matmuls default to full float32. On Ascend the same switch is
     `torch.npu.conv.allow_hf32` (UNVERIFIED: not run on an NPU here).
     """
-    import torch
-
     if dtype != torch.float32:
         return
     if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
@@ -318,34 +169,15 @@ def exact_float32(device: Any, dtype: Any) -> None:
         log.info("float32 on %s: HF32 convolutions turned off for this process", device)
 
 
-def remote_checksum(root: Path) -> str:
-    """Weights/config/tokenizer checksum plus every other top-level .py/.json file of the folder.
-
-    The remote code and processor settings decide the output as much as the weights do.
-    """
-    digest = hashlib.sha256(checkpoint_checksum(root).encode())
-    hashed = {p.name for p in locate(root).hashed}
-    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
-        if path.name in hashed or not path.is_file():
-            continue
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def load_remote_recognizer(model_dir: str | Path, device: str = "auto", dtype: str | None = None):
+def load_remote_recognizer(
+    model_dir: str | Path, device: str = "auto", dtype: str | None = None
+) -> RemoteRecognizer:
     """Load the folder's own remote code on one device, through the flash-attn layer.
 
     Returns a `RemoteRecognizer`, which has the `Recognizer` interface. Raises
     `CheckpointError` for a folder that is not a complete remote-code checkpoint and
     `MissingDependency` when the remote code imports a package that is not installed.
     """
-    from transformers.utils import logging as hf_logging
-
-    from pipeline.compat.install import flash_attn_shim, patch_autocast
-    from pipeline.compat.remote_recognizer import RemoteRecognizer
-    from pipeline.model.devices import activate, resolve_device, resolve_dtype
-
     files = locate(model_dir)
     entries = remote_code_entries(files)
     torch_device = resolve_device(device)

@@ -18,6 +18,7 @@ from the folder's `tokenizer.json` through the same `TextTokenizer` the native m
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.errors import CheckpointError
+from pipeline.compat.remote_folder import remote_checksum
+from pipeline.errors import BadArguments, CheckpointError
 from pipeline.model.checkpoint import CheckpointFiles
 from pipeline.model.config import DEFAULT_PROMPT, SpecialTokens
 from pipeline.model.devices import dtype_name
@@ -35,9 +37,11 @@ from pipeline.model.generation import (
     STOP_REPETITION,
     Generated,
     RepetitionGuard,
+    per_page,
     resolve_guard,
 )
-from pipeline.model.recognizer import to_recognition
+from pipeline.model.recognizer import SCHEDULES, to_recognition
+from pipeline.model.schedules import PageFeed
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
@@ -143,8 +147,6 @@ class RemoteRecognizer:
 
     @functools.cached_property
     def model_checksum(self) -> str:
-        from pipeline.compat.remote import remote_checksum
-
         return remote_checksum(self.model_dir)
 
     @functools.cached_property
@@ -225,17 +227,66 @@ class RemoteRecognizer:
         images: list[Image.Image],
         *,
         prompt: str = DEFAULT_PROMPT,
-        max_new_tokens: int = 2048,
+        max_new_tokens: int | Sequence[int] = 2048,
         repetition_guard: bool | RepetitionGuard = True,
+        max_batch: int | None = None,
+        token_budget: int | None = None,
+        schedule: str = "continuous",
     ) -> list[Recognition]:
-        """Transcribe a batch of pages with the folder's own generate loop; input order kept."""
+        """Transcribe pages with the folder's own generate loop, `max_batch` pages per call
+        (all at once when None); results in input order.
+
+        The same call as `Recognizer.recognize`, so a worker holds either alike; the remote
+        code has no continuous batching, so both schedules decode chunk by chunk, and
+        `token_budget` is not used (its generate() sizes its own cache). Per-page limits
+        decode the chunk to its largest and cut each page at its own: greedy decoding gives
+        a page the same tokens either way.
+        """
+        if schedule not in SCHEDULES:
+            raise BadArguments(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not images:
             return []
         guard = resolve_guard(repetition_guard)
+        limits = per_page(max_new_tokens, len(images))
+        size = max_batch or len(images)
         out = []
-        for ids, logprobs, reason in self.generate_ids(images, prompt, max_new_tokens):
-            keep = repetition_cut(ids, guard) if guard else None
-            if keep is not None:
-                ids, logprobs, reason = ids[:keep], logprobs[:keep], STOP_REPETITION
-            out.append(to_recognition(self.tokenizer, Generated(ids, logprobs, reason)))
+        for start in range(0, len(images), size):
+            chunk = limits[start : start + size]
+            generated = self.generate_ids(images[start : start + size], prompt, max(chunk))
+            for (ids, logprobs, reason), limit in zip(generated, chunk, strict=True):
+                if len(ids) >= limit:  # as if generate() had been given this page's limit
+                    ids, logprobs, reason = ids[:limit], logprobs[:limit], STOP_MAX_TOKENS
+                keep = repetition_cut(ids, guard) if guard else None
+                if keep is not None:
+                    ids, logprobs, reason = ids[:keep], logprobs[:keep], STOP_REPETITION
+                out.append(to_recognition(self.tokenizer, Generated(ids, logprobs, reason)))
         return out
+
+    def recognize_stream(
+        self,
+        feed: PageFeed,
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 2048,
+        repetition_guard: bool | RepetitionGuard = True,
+        max_batch: int = 8,
+        token_budget: int | None = None,
+    ) -> Iterator[tuple[Hashable, Recognition]]:
+        """`Recognizer.recognize_stream`'s interface: `(key, Recognition)` per page of `feed`.
+
+        Takes up to `max_batch` pages from the feed (waiting for the first), decodes them in
+        one generate() call, yields their results, and asks again: the batch drains between
+        chunks, which the remote code's generate loop cannot avoid.
+        """
+        while (pages := feed(max_batch, True)) is not None:
+            if not pages:
+                continue
+            recognitions = self.recognize(
+                [image for _, image in pages],
+                prompt=prompt,
+                max_new_tokens=max_new_tokens,
+                repetition_guard=repetition_guard,
+                max_batch=max_batch,
+                token_budget=token_budget,
+            )
+            yield from zip([key for key, _ in pages], recognitions, strict=True)

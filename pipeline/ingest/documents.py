@@ -25,13 +25,18 @@ from PIL import Image
 from pipeline.errors import BadArguments, DocumentError
 from pipeline.ingest.images import count_image_pages, load_image_page, open_error
 from pipeline.ingest.rasterize import RASTERIZERS, count_pdf_pages, render_pdf_page, require_poppler
-from pipeline.ingest.selection import InputFilter, holds_job_store, skip_reason
+from pipeline.ingest.selection import (
+    PDF_HEADER_WINDOW,
+    InputFilter,
+    holds_job_store,
+    skip_reason,
+    sniff_format,
+)
 from pipeline.jobs.backend import printable
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
-_PDF_HEADER_WINDOW = 1024  # the PDF spec lets the %PDF- header start anywhere in the first 1 KiB
 
 
 @dataclass(frozen=True)
@@ -210,33 +215,12 @@ def _is_listable_file(path: Path) -> bool:
 # -- identification ------------------------------------------------------------------------------
 
 
-def sniff_format(head: bytes) -> str | None:
-    """The format the leading bytes announce (extensions are ignored), or None."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "TIFF"
-    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
-        return "JPEG2000"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if head[:2] == b"BM" and len(head) >= 26:
-        return "BMP"
-    if b"%PDF-" in head[:_PDF_HEADER_WINDOW]:
-        return "PDF"
-    return None
-
-
 def _read_identity(path: Path) -> tuple[str, str, int]:
     """Format, sha256 and size in one streamed pass over the file."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            head = f.read(_PDF_HEADER_WINDOW)
+            head = f.read(PDF_HEADER_WINDOW)
             fmt = _format_of(path, head)
             digest.update(head)
             size = len(head)
@@ -251,7 +235,7 @@ def _read_identity(path: Path) -> tuple[str, str, int]:
 def _sniff(path: Path) -> str:
     try:
         with open(path, "rb") as f:
-            return _format_of(path, f.read(_PDF_HEADER_WINDOW))
+            return _format_of(path, f.read(PDF_HEADER_WINDOW))
     except OSError as err:
         raise open_error(err) from err
 

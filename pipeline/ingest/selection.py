@@ -21,6 +21,7 @@ PAGE_SUFFIXES = frozenset(
     + (".jpf", ".jpx", ".webp", ".bmp", ".dib", ".gif")
 )
 _SNIFF_BYTES = 1024
+PDF_HEADER_WINDOW = 1024  # the PDF spec lets the %PDF- header start anywhere in the first 1 KiB
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,6 @@ def skip_reason(path: Path) -> str | None:
 
     Unreadable files and broken links count as page files so that probing says what is wrong.
     """
-    from pipeline.ingest.documents import sniff_format
-
     if path.suffix.lower() in PAGE_SUFFIXES:
         return None
     try:
@@ -68,6 +67,27 @@ def skip_reason(path: Path) -> str | None:
         return None
     kind = path.suffix.lower() or "no extension"
     return f"not a page file ({kind}, content is not PDF or an image)"
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format the leading bytes announce (extensions are ignored), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG2000"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "BMP"
+    if b"%PDF-" in head[:PDF_HEADER_WINDOW]:
+        return "PDF"
+    return None
 
 
 def holds_job_store(folder: Path | str) -> bool:

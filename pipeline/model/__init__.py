@@ -2,7 +2,8 @@
 
 Public API (other stages are written against exactly these names):
 
-    load_recognizer(model_dir, device="auto", dtype=None, impl="native") -> Recognizer
+    load_native_recognizer(model_dir, device="auto", dtype=None) -> Recognizer
+    (`pipeline.recognition.load_recognizer(..., impl=)` picks native or remote-code and loads it)
     Recognizer.recognize(images, *, prompt=DEFAULT_PROMPT, max_new_tokens=2048,
                          repetition_guard=True, max_batch=None, token_budget=None,
                          schedule="continuous") -> list[Recognition]
@@ -14,7 +15,6 @@ Public API (other stages are written against exactly these names):
     Recognizer.recognize_with_transformers(images, ...)  # baseline: generate(), one page at a time
     checkpoint_checksum(model_dir) -> str
     make_test_model(out_dir, size="tiny"|"seed") -> Path
-    transcribe(image, model_dir, ...) -> Recognition
     DEFAULT_PROMPT
 
 Names resolve lazily: `from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum` does not
@@ -30,14 +30,13 @@ from pipeline.model.config import DEFAULT_PROMPT
 
 if TYPE_CHECKING:
     from pipeline.model.checkpoint import checkpoint_checksum
-    from pipeline.model.recognizer import Recognizer, load_recognizer, transcribe
+    from pipeline.model.recognizer import Recognizer, load_native_recognizer
     from pipeline.model.synthetic import make_test_model
 
 _LAZY = {
     "checkpoint_checksum": "pipeline.model.checkpoint",
-    "load_recognizer": "pipeline.model.recognizer",
+    "load_native_recognizer": "pipeline.model.recognizer",
     "Recognizer": "pipeline.model.recognizer",
-    "transcribe": "pipeline.model.recognizer",
     "make_test_model": "pipeline.model.synthetic",
 }
 
@@ -45,9 +44,8 @@ __all__ = [
     "DEFAULT_PROMPT",
     "Recognizer",
     "checkpoint_checksum",
-    "load_recognizer",
+    "load_native_recognizer",
     "make_test_model",
-    "transcribe",
 ]
 
 

@@ -242,16 +242,21 @@ class GenerationEngine:
         return results
 
 
+def per_page(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """One token budget per page, from one number for all or one per page."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    wanted = [int(n) for n in max_new_tokens]
+    if len(wanted) != count:
+        raise ValueError(f"{len(wanted)} token budgets for {count} prompts")
+    return wanted
+
+
 def token_limits(
     max_new_tokens: int | Sequence[int], prompt_lengths: Sequence[int], max_positions: int
 ) -> list[int]:
     """Each row's token budget: its own or the shared one, cut to the model's positions left."""
-    if isinstance(max_new_tokens, int):
-        wanted = [max_new_tokens] * len(prompt_lengths)
-    else:
-        wanted = [int(n) for n in max_new_tokens]
-        if len(wanted) != len(prompt_lengths):
-            raise ValueError(f"{len(wanted)} token budgets for {len(prompt_lengths)} prompts")
+    wanted = per_page(max_new_tokens, len(prompt_lengths))
     if prompt_lengths and max(prompt_lengths) >= max_positions:
         raise ValueError(
             f"prompt of {max(prompt_lengths)} tokens leaves no room in the model's "

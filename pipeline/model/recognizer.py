@@ -27,7 +27,6 @@ from pipeline.model.schedules import PageFeed, continuous_list, continuous_strea
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
-IMPLEMENTATIONS = ("auto", "native", "remote")
 SCHEDULES = ("continuous", "static")
 
 
@@ -97,7 +96,7 @@ class Recognizer:
 
     # ---- recognition ------------------------------------------------------------------------
 
-    def _prompt_embeddings(
+    def prompt_embeddings(
         self, images: list[Image.Image], prompt: str
     ) -> tuple[torch.Tensor, list[int]]:
         """Packed prompt embeddings of all pages `(T, hidden)` and each page's prompt length."""
@@ -190,7 +189,7 @@ class Recognizer:
         out = []
         with inference(self.torch_device, self.torch_dtype), sdpa_backends(self.torch_device):
             for image in images:
-                embeds, _ = self._prompt_embeddings([image], prompt)
+                embeds, _ = self.prompt_embeddings([image], prompt)
                 generated = generate_with_transformers(
                     self.model.language_model,
                     embeds,
@@ -202,28 +201,14 @@ class Recognizer:
         return out
 
 
-def load_recognizer(
-    model_dir: str | Path,
-    device: str = "auto",
-    dtype: str | None = None,
-    impl: str = "native",
+def load_native_recognizer(
+    model_dir: str | Path, device: str = "auto", dtype: str | None = None
 ) -> Recognizer:
-    """Load a local weights folder onto one device. Never reaches for a model hub.
+    """Load a local weights folder in the native layout onto one device; never reaches a hub.
 
-    `impl`: native (this package's model), remote (the folder's own trust_remote_code model,
-    under the flash-attn compatibility layer), or auto (native when the tensors match the
-    native layout exactly, else remote).
+    Which implementation a folder needs is decided above this package, by
+    `pipeline.recognition.load_recognizer`.
     """
-    if impl not in IMPLEMENTATIONS:
-        raise BadArguments(f"unknown --impl {impl!r}; use one of {', '.join(IMPLEMENTATIONS)}")
-    if impl == "auto":
-        from pipeline.compat.remote import choose_impl
-
-        impl = choose_impl(model_dir)
-    if impl == "remote":
-        from pipeline.compat.remote import load_remote_recognizer
-
-        return load_remote_recognizer(model_dir, device, dtype)
     files = locate(model_dir)
     config = AnandaSkyConfig.load(files.config)
     tokenizer = TextTokenizer.from_file(files.tokenizer, config.special_tokens)
@@ -237,27 +222,3 @@ def load_recognizer(
     activate(torch_device)
     model = load_model(files.root, torch_device, torch_dtype, config=config)
     return Recognizer(model, tokenizer, files.root, torch_device, torch_dtype)
-
-
-def transcribe(
-    image: str | Path | Image.Image,
-    model_dir: str | Path,
-    *,
-    device: str = "auto",
-    dtype: str | None = None,
-    prompt: str = DEFAULT_PROMPT,
-    max_new_tokens: int = 2048,
-    repetition_guard: bool = True,
-) -> Recognition:
-    """One image, start to finish: for the single-image CLI command and quick checks."""
-    recognizer = load_recognizer(model_dir, device=device, dtype=dtype)
-    if not isinstance(image, Image.Image):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy()
-        except OSError as exc:  # includes PIL's UnidentifiedImageError
-            raise BadArguments(f"cannot read image {image}: {exc}") from exc
-    return recognizer.recognize(
-        [image], prompt=prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard
-    )[0]

@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.model.attention import sdpa_backends
 from pipeline.model.continuous import ContinuousEngine, EncodeAhead, plan_slots
 from pipeline.model.devices import inference
-from pipeline.model.generation import Generated, RepetitionGuard, token_limits
+from pipeline.model.generation import Generated, RepetitionGuard, per_page, token_limits
 from pipeline.model.sequence import Sequence as Seq
 from pipeline.records import Recognition
 
@@ -43,12 +43,10 @@ def static_batches(
 ) -> list[Generated]:
     """The previous way: batches of `max_batch` pages, each decoded until its longest stops."""
     size = max_batch or len(images)
-    limits = (
-        [max_new_tokens] * len(images) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    )
+    limits = per_page(max_new_tokens, len(images))
     out: list[Generated] = []
     for start in range(0, len(images), size):
-        embeds, lengths = rec._prompt_embeddings(images[start : start + size], prompt)
+        embeds, lengths = rec.prompt_embeddings(images[start : start + size], prompt)
         out += rec.engine.generate(embeds, lengths, limits[start : start + size], guard)
     return out
 
@@ -66,7 +64,7 @@ def continuous_list(
     lengths = [prompt_length(rec, im, prompt) for im in images]
 
     def encode(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return rec._prompt_embeddings([images[i] for i in indices], prompt)
+        return rec.prompt_embeddings([images[i] for i in indices], prompt)
 
     # Pages arrive one or two at a time; their images are encoded a batch at a time ahead.
     embed = EncodeAhead(encode, lengths, chunk=max_batch or len(images))
@@ -111,7 +109,7 @@ def continuous_stream(
         return seqs
 
     def embed(indices: list[int]) -> torch.Tensor:
-        return rec._prompt_embeddings([images.pop(i) for i in indices], prompt)[0]
+        return rec.prompt_embeddings([images.pop(i) for i in indices], prompt)[0]
 
     run = ContinuousEngine(rec.engine).stream(
         seq_feed, embed, guard, slots=slots, max_capacity=capacity

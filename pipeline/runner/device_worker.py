@@ -92,7 +92,7 @@ def device_worker_main(
 
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
-        from pipeline.model import load_recognizer
+        from pipeline.recognition import load_recognizer
 
         injected_fault("load")
 

@@ -45,7 +45,8 @@ import torch
 
 from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
 from pipeline.model.config import DEFAULT_PROMPT
-from pipeline.verify.probes import decode, probe_for
+from pipeline.recognition import load_recognizer
+from pipeline.verify.probes import LogitProbe, decode, probe_for
 
 SCHEMA_VERSION = 1
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "inputs"
@@ -223,6 +224,41 @@ def _divergence(ref_ids: list[int], tgt_ids: list[int]) -> int | None:
     return None if len(ref_ids) == len(tgt_ids) else min(len(ref_ids), len(tgt_ids))
 
 
+def _compare_page(
+    path: Path, page: Any, target: LogitProbe, reference: LogitProbe, prompt: str, tokens: int
+) -> tuple[ImageResult, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One page on both sides: its result, both sides' logit rows, the reference's self-agreement."""
+    ref_ids, ref_stop = reference.greedy(page, prompt, tokens)
+    tgt_ids, tgt_stop = target.greedy(page, prompt, tokens)
+    a = target.forced_logits(page, prompt, ref_ids)
+    b = reference.forced_logits(page, prompt, ref_ids)
+    if a.shape != b.shape:
+        raise BadArguments(
+            f"target and reference disagree on the vocabulary ({a.shape[-1]} vs {b.shape[-1]})"
+        )
+    self_agree = b[: len(ref_ids)].argmax(-1) == torch.tensor(ref_ids, dtype=torch.long)
+    k = _divergence(ref_ids, tgt_ids)
+    margin = None
+    if k is not None and k < b.shape[0]:
+        margin = float(b[k].max() - b[k, int(a[k].argmax())])
+    result = ImageResult(
+        path=str(path),
+        size=list(page.size),
+        image_tokens=reference.recognizer.image_token_count(*page.size),
+        metrics=compare_logits(a, b),
+        greedy_match=ref_ids == tgt_ids and ref_stop == tgt_stop,
+        first_divergence=k,
+        reference_margin_at_divergence=margin,
+        reference_tokens=len(ref_ids),
+        target_tokens=len(tgt_ids),
+        reference_stop=ref_stop,
+        target_stop=tgt_stop,
+        reference_text=decode(reference, ref_ids),
+        target_text=decode(target, tgt_ids),
+    )
+    return result, a, b, self_agree
+
+
 def verify(
     model_dir: str | Path,
     device: str = "auto",
@@ -243,8 +279,6 @@ def verify(
     (default: the implementation the target resolved to) on the CPU in float32: comparing
     native against remote is `impl="remote", reference_impl="native"`.
     """
-    from pipeline.model import load_recognizer
-
     if max_new_tokens < 1:
         raise BadArguments(f"--max-new-tokens {max_new_tokens}: use at least 1")
     model_dir = Path(model_dir)
@@ -261,47 +295,40 @@ def verify(
     results, tgt_rows, ref_rows, self_agree = [], [], [], []
     for number, (path, page) in enumerate(zip(paths, pages, strict=True), start=1):
         progress(f"page {number}/{len(paths)}: {path}")
-        ref_ids, ref_stop = reference.greedy(page, prompt, max_new_tokens)
-        tgt_ids, tgt_stop = target.greedy(page, prompt, max_new_tokens)
-        a = target.forced_logits(page, prompt, ref_ids)
-        b = reference.forced_logits(page, prompt, ref_ids)
-        if a.shape != b.shape:
-            raise BadArguments(
-                f"target and reference disagree on the vocabulary ({a.shape[-1]} vs {b.shape[-1]})"
-            )
+        result, a, b, agree = _compare_page(path, page, target, reference, prompt, max_new_tokens)
+        results.append(result)
         tgt_rows.append(a)
         ref_rows.append(b)
-        self_agree.append(b[: len(ref_ids)].argmax(-1) == torch.tensor(ref_ids, dtype=torch.long))
-        k = _divergence(ref_ids, tgt_ids)
-        margin = None
-        if k is not None and k < b.shape[0]:
-            margin = float(b[k].max() - b[k, int(a[k].argmax())])
-        results.append(
-            ImageResult(
-                path=str(path),
-                size=list(page.size),
-                image_tokens=reference.recognizer.image_token_count(*page.size),
-                metrics=compare_logits(a, b),
-                greedy_match=ref_ids == tgt_ids and ref_stop == tgt_stop,
-                first_divergence=k,
-                reference_margin_at_divergence=margin,
-                reference_tokens=len(ref_ids),
-                target_tokens=len(tgt_ids),
-                reference_stop=ref_stop,
-                target_stop=tgt_stop,
-                reference_text=decode(reference, ref_ids),
-                target_text=decode(target, tgt_ids),
-            )
-        )
-
-    metrics = compare_logits(torch.cat(tgt_rows), torch.cat(ref_rows))
+        self_agree.append(agree)
     agree = torch.cat(self_agree)
-    self_agreement = float(agree.double().mean()) if agree.numel() else 1.0
+    report = _report(
+        (target, model_dir),
+        (reference, ref_dir),
+        results,
+        compare_logits(torch.cat(tgt_rows), torch.cat(ref_rows)),
+        float(agree.double().mean()) if agree.numel() else 1.0,
+        {"prompt": prompt, "max_new_tokens": max_new_tokens, "images": [str(p) for p in paths]},
+    )
+    if out_path is not None:
+        write_report(report, Path(out_path))
+    return report
+
+
+def _report(
+    target_side: tuple[LogitProbe, Path],
+    reference_side: tuple[LogitProbe, Path],
+    results: list[ImageResult],
+    metrics: Metrics,
+    self_agreement: float,
+    settings: dict[str, Any],
+) -> VerifyReport:
+    """The report of a finished comparison, its checks against the target dtype's limits."""
+    (target, model_dir), (reference, ref_dir) = target_side, reference_side
     matched = sum(r.greedy_match for r in results)
     limits = THRESHOLDS[target.recognizer.dtype]
     checks = run_checks(metrics, matched == len(results), limits, self_agreement)
     rec = target.recognizer
-    report = VerifyReport(
+    return VerifyReport(
         schema_version=SCHEMA_VERSION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model={
@@ -312,11 +339,7 @@ def verify(
         },
         target=_side(rec, target.impl, model_dir),
         reference=_side(reference.recognizer, reference.impl, ref_dir),
-        settings={
-            "prompt": prompt,
-            "max_new_tokens": max_new_tokens,
-            "images": [str(p) for p in paths],
-        },
+        settings=settings,
         metrics=metrics,
         reference_self_agreement=self_agreement,
         greedy={"matched": matched, "images": len(results), "all_match": matched == len(results)},
@@ -326,9 +349,6 @@ def verify(
         images=results,
         environment=_environment(),
     )
-    if out_path is not None:
-        write_report(report, Path(out_path))
-    return report
 
 
 def _environment() -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from pipeline.compat.remote_recognizer import RemoteRecognizer
 from pipeline.model.devices import inference
 
 
@@ -38,13 +39,7 @@ class NativeProbe:
         self.recognizer = recognizer
 
     def _embeds(self, image: Image.Image, prompt: str) -> torch.Tensor:
-        rec = self.recognizer
-        pixels = rec.processor.images([image])
-        ids = rec.processor.prompt_ids(pixels.token_counts[0], prompt)
-        patches = pixels.patches.to(device=rec.torch_device, dtype=rec.torch_dtype)
-        image_embeds = rec.model.encode_images(patches, pixels.grids)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=rec.torch_device)
-        return rec.model.embed_prompt(input_ids, image_embeds)
+        return self.recognizer.prompt_embeddings([image], prompt)[0]
 
     def greedy(self, image: Image.Image, prompt: str, max_new_tokens: int) -> tuple[list[int], str]:
         rec = self.recognizer
@@ -85,8 +80,6 @@ class RemoteProbe:
 
 def probe_for(recognizer: Any) -> NativeProbe | RemoteProbe:
     """The probe matching a loaded recognizer (native `Recognizer` or `RemoteRecognizer`)."""
-    from pipeline.compat.remote_recognizer import RemoteRecognizer
-
     if isinstance(recognizer, RemoteRecognizer):
         return RemoteProbe(recognizer)
     return NativeProbe(recognizer)
