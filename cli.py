@@ -309,11 +309,8 @@ def evaluate(
         bool, typer.Option(help="Page thumbnails in the HTML report (from the run's sources).")
     ] = True,
     workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Counting processes (default: 1 below 2,000 GT pages, else one per CPU)."
-        ),
-    ] = None,
+        int, typer.Option(help="Count in this many processes (worth it with idle cores).")
+    ] = 1,
 ) -> int:
     """CER and WER against ground truth per page, document and collection (docs/EVALUATE.md)."""
     from pipeline.evaluate.command import run_evaluate

@@ -35,7 +35,7 @@ def run_evaluate(
     json_file: Path | None = None,
     html_file: Path | None = None,
     thumbnails: bool = True,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> int:
     """Print the table (or JSON), write the requested reports; 0 once anything was matched."""
     ev = evaluate(

@@ -46,7 +46,8 @@ class GtPage:
 
 
 class PredReader:
-    """Reads prediction files once, also when one file holds a whole document."""
+    """Reads prediction files (a page each, or a whole document in one file); a file that
+    cannot be read becomes the reason string the page reports."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root

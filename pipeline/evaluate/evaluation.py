@@ -20,7 +20,7 @@ from .documents import CountSettings, DocumentResult, GtPage, PageResult
 from .matching import Match, Matcher, could_match, read_mapping
 from .metrics import Totals
 from .normalize import Normalization
-from .pool import count_documents, default_workers
+from .pool import count_documents
 from .readers import UnreadableFile, read_pages
 from .sources import folder_documents, run_documents, transcription_files
 
@@ -92,12 +92,11 @@ def evaluate(
     normalization: Normalization | None = None,
     iou_threshold: float = 0.5,
     keep_texts: bool = False,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> Evaluation:
     """Compare a run's pages (`run`=OUT) or prediction files (`pred`) with the GT at `gt`.
 
-    `workers`: processes that count (None: one below 2,000 GT pages, else one per CPU, at
-    most 16); the figures do not depend on it."""
+    `workers` > 1 counts in that many worker processes; the figures do not depend on it."""
     started = time.perf_counter()
     gt, run, pred = Path(gt), run and Path(run), pred and Path(pred)
     _check_arguments(gt, run, pred, iou_threshold)
@@ -120,9 +119,7 @@ def evaluate(
     settings = CountSettings(
         ev.normalization, iou_threshold, keep_texts, pred if pred and pred.is_dir() else None
     )
-    pages = sum(len(gt_pages) for _, gt_pages in jobs)
-    workers = default_workers(pages) if workers is None else max(1, workers)
-    for result, confusions in count_documents(jobs, settings, workers):
+    for result, confusions in count_documents(jobs, settings, max(1, workers)):
         ev.documents.append(result)
         ev.totals.merge(result.totals)
         ev.confusions.update(confusions)

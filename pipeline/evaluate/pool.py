@@ -3,12 +3,13 @@
 Counting is CPU-bound Python around C (regex, rapidfuzz), so processes, not threads. Documents
 go out in chunks of similar page counts and come back in order; each chunk's confusions are
 summed. Worker processes are spawned (not forked) so nothing of the caller's state is shared.
+They are opt-in (`--workers N`): on the shared 2-core machine of BENCHMARKS.md two processes
+were slower than one (no idle core to gain, spawn and pickling to pay).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,15 +19,6 @@ from .documents import CountSettings, DocumentResult, GtPage, evaluate_document
 from .sources import PredDocument
 
 Job = tuple[PredDocument, dict[int, GtPage]]
-PARALLEL_FROM_PAGES = 2000  # below this, starting processes costs more than it saves
-MAX_WORKERS = 16
-
-
-def default_workers(pages: int) -> int:
-    if pages < PARALLEL_FROM_PAGES:
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, MAX_WORKERS))
 
 
 def _count_chunk(jobs: list[Job], settings: CountSettings) -> tuple[list[DocumentResult], Counter]:

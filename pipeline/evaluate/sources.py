@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.jobs.backend import printable
-from pipeline.jobs.sqlite_store import STATE_DIR, JobStore
+from pipeline.jobs import STATE_DIR, open_catalogue
+from pipeline.jobs.records import printable
 from pipeline.outputs.page_files import page_output_paths
 
 from .readers import SUFFIXES, page_format
@@ -68,7 +68,7 @@ def run_documents(out: Path, keep_pages=lambda name: True) -> Iterator[PredDocum
             f"{out} is not the output folder of a run (no {STATE_DIR}/ in it); give a run's "
             "--out folder, or compare files directly with --pred"
         )
-    with JobStore.open(out, exclusive=False) as store:
+    with open_catalogue(out) as store:
         for doc in store.document_pages():
             name = printable(doc.relpath)
             kept = keep_pages(name)
