@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline.ingest.images import to_rgb
 from pipeline.model.config import AnandaSkyConfig
-from pipeline.model.processor import Processor, fit_grid, to_rgb
+from pipeline.model.processor import Processor, fit_grid
 from pipeline.model.synthetic import synthetic_config
 from pipeline.model.tokenizer import TextTokenizer, build_byte_level_tokenizer
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.compat.sdpa import NO_WINDOW, Window, attend, npu_fused_varlen
+from pipeline.compat.sdpa import NO_WINDOW, Window, attend
+from pipeline.model.attention import npu_fused_varlen
 
 
 def _reject(**unsupported: bool) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CheckpointError
-from pipeline.model.checkpoint import CheckpointFiles, checkpoint_checksum, locate
+from pipeline.model.checkpoint import CheckpointFiles, checkpoint_checksum, hash_code_files
 
 # auto_map keys that may name the model class, most specific first.
 MODEL_KEYS = (
@@ -71,11 +71,4 @@ def remote_checksum(root: Path) -> str:
 
     The remote code and processor settings decide the output as much as the weights do.
     """
-    digest = hashlib.sha256(checkpoint_checksum(root).encode())
-    hashed = {p.name for p in locate(root).hashed}
-    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
-        if path.name in hashed or not path.is_file():
-            continue
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return hash_code_files(hashlib.sha256(checkpoint_checksum(root).encode()), root).hexdigest()

@@ -123,7 +123,6 @@ class RemoteRecognizer:
                 )
         self.model = model
         self.processor = processor
-        self.files = files
         self.model_dir = files.root
         self.torch_device = device
         self.torch_dtype = dtype

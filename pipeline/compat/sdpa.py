@@ -1,4 +1,4 @@
-"""flash-attn masking semantics on top of torch SDPA, plus the Ascend fused-attention call.
+"""flash-attn masking semantics on top of the package's one SDPA call (`pipeline.model.attention`).
 
 Everything here works in SDPA's layout, `(batch, heads, seq, dim)`; the flash-attn entry
 points in `pipeline.compat.flash_attn` transpose into it. Masks are built from one quantity,
@@ -9,17 +9,12 @@ top-left one of SDPA's `is_causal` (that flag is only used where both coincide: 
 
 from __future__ import annotations
 
-import sys
-
 import torch
-import torch.nn.functional as F
+
+from pipeline.model.attention import sdpa
 
 Window = tuple[int, int]
 NO_WINDOW: Window = (-1, -1)
-
-# SDPA grew `enable_gqa` in torch 2.5; older torch gets kv heads repeated by hand.
-_TORCH_MAJOR_MINOR = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-_SDPA_HAS_GQA = _TORCH_MAJOR_MINOR >= (2, 5)
 
 
 def key_mask(
@@ -60,26 +55,6 @@ def key_mask(
     if right >= 0:
         allowed = allowed & (rel >= -right)
     return allowed.unsqueeze(1), rel.unsqueeze(1)
-
-
-def _sdpa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    is_causal: bool = False,
-) -> torch.Tensor:
-    """SDPA with GQA; kv heads are shared by consecutive query heads, as in flash-attn."""
-    gqa = q.shape[1] != k.shape[1]
-    if gqa and not _SDPA_HAS_GQA:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        gqa = False
-    kwargs = {"enable_gqa": True} if gqa else {}
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **kwargs
-    )
 
 
 def _softcapped(
@@ -135,9 +110,9 @@ def attend(
     plain = plain and alibi_slopes is None and softcap == 0.0
     if plain and (not causal or sq == 1):
         # A single causal query sits on the last key's diagonal and sees every key.
-        return _sdpa(q, k, v, None, scale)
+        return sdpa(q, k, v, scale=scale)
     if plain and sq == sk:
-        return _sdpa(q, k, v, None, scale, is_causal=True)
+        return sdpa(q, k, v, is_causal=True, scale=scale)
 
     allowed, rel = key_mask(
         sq, sk, causal=causal, window=window, device=q.device, k_start=k_start, k_len=k_len
@@ -152,63 +127,8 @@ def attend(
     if softcap > 0.0:
         out = _softcapped(q, k, v, allowed, bias, scale, softcap)
     elif bias is None:
-        out = _sdpa(q, k, v, allowed, scale)
+        out = sdpa(q, k, v, allowed, scale=scale)
     else:
         mask = bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
-        out = _sdpa(q, k, v, mask, scale)
+        out = sdpa(q, k, v, mask, scale=scale)
     return out.masked_fill(empty, 0.0)
-
-
-# --- Ascend ----------------------------------------------------------------------------------
-
-_NPU_CAUSAL_MASKS: dict[torch.device, torch.Tensor] = {}
-
-
-def npu_fused_varlen(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: list[int],
-    cu_k: list[int],
-    *,
-    scale: float,
-    causal: bool,
-) -> torch.Tensor | None:
-    """`torch_npu.npu_fusion_attention` in TND (packed varlen) layout, or None if it does not apply.
-
-    q `(Tq, H, D)`, k/v `(Tk, Hk, D)`. Callers pass only calls without window, softcap or
-    ALiBi; this also declines fp32, head_dim > 768, empty sequences, and causal sequences with
-    more queries than keys, whose all-masked rows must be zeros, which the kernel does not
-    promise. `sparse_mode=3` is bottom-right causal and wants the fixed 2048x2048 upper mask
-    (notes/interfaces.md). torch_npu is looked up, never imported: an npu tensor implies it.
-    """
-    torch_npu = sys.modules.get("torch_npu")
-    if torch_npu is None or q.device.type != "npu":
-        return None
-    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] > 768:
-        return None
-    lens_q = [cu_q[i + 1] - cu_q[i] for i in range(len(cu_q) - 1)]
-    lens_k = [cu_k[i + 1] - cu_k[i] for i in range(len(cu_k) - 1)]
-    if min(lens_q + lens_k, default=0) <= 0:
-        return None
-    if causal and any(lq > lk for lq, lk in zip(lens_q, lens_k, strict=True)):
-        return None
-    mask = None
-    if causal:
-        mask = _NPU_CAUSAL_MASKS.get(q.device)
-        if mask is None:
-            mask = torch.triu(torch.ones(2048, 2048, dtype=torch.bool, device=q.device), 1)
-            _NPU_CAUSAL_MASKS[q.device] = mask
-    return torch_npu.npu_fusion_attention(
-        q,
-        k,
-        v,
-        q.shape[1],
-        "TND",
-        atten_mask=mask,
-        scale=scale,
-        keep_prob=1.0,
-        actual_seq_qlen=cu_q[1:],
-        actual_seq_kvlen=cu_k[1:],
-        sparse_mode=3 if causal else 0,
-    )[0]

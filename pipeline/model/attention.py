@@ -1,8 +1,10 @@
 """The one place attention is computed: SDPA everywhere, Ascend fused attention for packed sequences.
 
-Two entry points cover every caller:
+Two entry points cover every native caller:
 - `attention` for padded batches `(B, H, S, D)` (decode steps, per-image fallbacks);
 - `varlen_attention` for packed sequences `(T, H, D)` with `cu_seqlens` (vision encoder, prefill).
+Both end in `sdpa` (torch SDPA with GQA) or `npu_fused_varlen` (Ascend), which the flash-attn
+compatibility layer (`pipeline.compat.sdpa`) calls as well: one dispatch for both models.
 Causal masks are bottom-right aligned whenever query and key lengths differ (query i sees keys
 `j <= i + Sk - Sq`, the flash-attn convention); torch's `is_causal=True` is top-left aligned, so it
 is only used when the lengths are equal. Rows that may attend to nothing return zeros, not NaN.
@@ -14,6 +16,7 @@ import contextlib
 import functools
 import itertools
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +53,15 @@ def _expand_kv(k: torch.Tensor, v: torch.Tensor, num_heads: int, head_axis: int)
     return k.repeat_interleave(groups, dim=head_axis), v.repeat_interleave(groups, dim=head_axis)
 
 
-def _sdpa(
+def sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-    scale: float | None,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
+    """torch SDPA, `(B, H, S, D)`, with GQA: kv heads shared by consecutive query heads."""
     if q.shape[1] != k.shape[1]:
         if _SDPA_HAS_GQA:
             return F.scaled_dot_product_attention(
@@ -65,6 +69,13 @@ def _sdpa(
             )
         k, v = _expand_kv(k, v, q.shape[1], head_axis=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """RoPE's rotation of the last axis, `(x1, x2) -> (-x2, x1)`: both models turn queries and
+    keys with it before attending."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -95,18 +106,18 @@ def attention(
     if mask is not None:
         if causal or key_mask is not None:
             raise ValueError("pass either a ready `mask` or `causal`/`key_mask`, not both")
-        return _sdpa(q, k, v, mask, False, scale)
+        return sdpa(q, k, v, mask, False, scale)
     if causal and q_len == 1:
         causal = False  # bottom-right: the single query sees every key
     if key_mask is None and (not causal or q_len == k_len):
-        return _sdpa(q, k, v, None, causal, scale)
+        return sdpa(q, k, v, None, causal, scale)
     full = None
     if causal:
         full = causal_mask(q_len, k_len, q.device)[None, None]  # (1, 1, Sq, Sk)
     if key_mask is not None:
         km = key_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Sk)
         full = km if full is None else full & km
-    out = _sdpa(q, k, v, full, False, scale)
+    out = sdpa(q, k, v, full, False, scale)
     # Rows with no key: SDPA gives NaN there, flash-attn gives 0.
     return out.masked_fill(~full.any(dim=-1, keepdim=True), 0.0)
 
@@ -141,32 +152,48 @@ def _npu_causal_mask(device: torch.device) -> torch.Tensor:
     return torch.triu(ones, diagonal=1)
 
 
-def _npu_varlen(
+def npu_fused_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    causal: bool,
+    cu_q: list[int],
+    cu_k: list[int],
+    *,
     scale: float,
-) -> torch.Tensor:
-    """Ascend fused attention, layout TND (packed tokens, heads, dim); GQA handled natively."""
-    import torch_npu  # present: the tensors live on an NPU
+    causal: bool,
+) -> torch.Tensor | None:
+    """`torch_npu.npu_fusion_attention` in TND (packed varlen) layout, or None if it does not apply.
 
-    ends = tuple(int(x) for x in cu_seqlens[1:].tolist())
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    kwargs = {}
-    if causal:  # sparse_mode 3 = bottom-right causal over the compressed 2048x2048 mask
-        kwargs = {"atten_mask": _npu_causal_mask(q.device), "sparse_mode": 3}
+    q `(Tq, H, D)`, k/v `(Tk, Hk, D)`, GQA handled by the kernel. Callers pass only calls
+    without window, softcap or ALiBi; this also declines fp32 (the kernel is 16-bit only),
+    head_dim > 768, empty sequences, and causal sequences with more queries than keys, whose
+    all-masked rows must be zeros, which the kernel does not promise. `sparse_mode=3` is
+    bottom-right causal and wants the fixed 2048x2048 upper mask (notes/interfaces.md).
+    torch_npu is looked up, never imported: an npu tensor implies it.
+    """
+    torch_npu = sys.modules.get("torch_npu")
+    if torch_npu is None or q.device.type != "npu":
+        return None
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] > 768:
+        return None
+    lens_q = [cu_q[i + 1] - cu_q[i] for i in range(len(cu_q) - 1)]
+    lens_k = [cu_k[i + 1] - cu_k[i] for i in range(len(cu_k) - 1)]
+    if min(lens_q + lens_k, default=0) <= 0:
+        return None
+    if causal and any(lq > lk for lq, lk in zip(lens_q, lens_k, strict=True)):
+        return None
     return torch_npu.npu_fusion_attention(
-        q,
-        k,
-        v,
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
         q.shape[1],
-        input_layout="TND",
+        "TND",
+        atten_mask=_npu_causal_mask(q.device) if causal else None,
         scale=scale,
-        actual_seq_qlen=ends,
-        actual_seq_kvlen=ends,
-        **kwargs,
+        keep_prob=1.0,
+        actual_seq_qlen=cu_q[1:],
+        actual_seq_kvlen=cu_k[1:],
+        sparse_mode=3 if causal else 0,
     )[0]
 
 
@@ -186,9 +213,11 @@ def varlen_attention(
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if q.device.type == "npu" and q.dtype in (torch.float16, torch.bfloat16):
-        return _npu_varlen(q, k, v, cu_seqlens, causal, scale)  # the fused kernel is 16-bit only
     bounds = cu_seqlens.tolist()
+    if q.device.type == "npu":
+        fused = npu_fused_varlen(q, k, v, bounds, bounds, scale=scale, causal=causal)
+        if fused is not None:
+            return fused
     out = torch.empty_like(q)
     for start, end in itertools.pairwise(bounds):
         if end == start:
@@ -197,6 +226,6 @@ def varlen_attention(
         qs = q[start:end].transpose(0, 1)[None]
         ks = k[start:end].transpose(0, 1)[None]
         vs = v[start:end].transpose(0, 1)[None]
-        res = _sdpa(qs, ks, vs, None, causal and end - start > 1, scale)
+        res = sdpa(qs, ks, vs, None, causal and end - start > 1, scale)
         out[start:end] = res[0].transpose(0, 1)
     return out

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import CheckpointError
 from pipeline.model.config import AnandaSkyConfig
@@ -163,6 +163,22 @@ def checkpoint_checksum(model_dir: str | Path, cache_file: str | Path | None = N
         temp.write_text(json.dumps({"files": stamp, "sha256": checksum}), encoding="utf-8")
         temp.replace(cache_file)
     return checksum
+
+
+def hash_code_files(digest: Any, model_dir: str | Path) -> Any:
+    """Add the folder's own code and settings files that `checkpoint_checksum` leaves out
+    (remote-code `.py`, `.json` such as preprocessor_config.json) to `digest`; returns it.
+
+    Editing a remote `modeling_*.py` changes the transcriptions as surely as new weights do.
+    """
+    hashed = {path.name for path in locate(model_dir).hashed}
+    root = Path(model_dir)
+    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
+        if path.name in hashed or not path.is_file():
+            continue
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest
 
 
 def _names(items: Iterable[str]) -> str:

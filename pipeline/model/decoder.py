@@ -15,17 +15,12 @@ import itertools
 import torch
 from torch import nn
 
-from pipeline.model.attention import decode_attention, varlen_attention
+from pipeline.model.attention import decode_attention, rotate_half, varlen_attention
 from pipeline.model.packed import PackedLinears
 
 
 def _plain(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class KVCache:

@@ -15,7 +15,6 @@ from torch import nn
 from pipeline.model.config import AnandaSkyConfig
 from pipeline.model.vision import VisionEncoder, make_projector
 
-LANGUAGE_MODEL_PREFIX = "language_model."
 TIED_KEYS = ("language_model.lm_head.weight",)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.ingest.images import to_rgb
 from pipeline.model.config import AnandaSkyConfig
 from pipeline.model.tokenizer import TextTokenizer
 
@@ -57,18 +58,6 @@ def fit_grid(
             break
         _, rows, cols = min(options)
     return rows, cols
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparency flattened onto white paper rather than black."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGB", rgba.size, (255, 255, 255))
-        paper.paste(rgba, mask=rgba.getchannel("A"))
-        return paper
-    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

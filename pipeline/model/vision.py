@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model.attention import varlen_attention
+from pipeline.model.attention import rotate_half, varlen_attention
 from pipeline.model.config import ProjectorConfig, VisionConfig
 
 
@@ -23,11 +23,6 @@ def _activation(name: str):
     if name == "gelu_tanh":
         return lambda x: F.gelu(x, approximate="tanh")
     return F.gelu
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def patch_positions(grids: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
