@@ -9,32 +9,57 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from PIL import Image
 
 from pipeline.model.attention import sdpa_backends
+from pipeline.model.config import AnandaSkyConfig
 from pipeline.model.continuous import ContinuousEngine, EncodeAhead, plan_slots
 from pipeline.model.devices import inference
-from pipeline.model.generation import Generated, RepetitionGuard, per_page, token_limits
+from pipeline.model.generation import (
+    Generated,
+    GenerationEngine,
+    RepetitionGuard,
+    per_page,
+    token_limits,
+)
+from pipeline.model.processor import Processor
 from pipeline.model.sequence import Sequence as Seq
 from pipeline.records import Recognition
 
-if TYPE_CHECKING:
-    from pipeline.model.recognizer import Recognizer
+
+class ScheduledRecognizer(Protocol):
+    """What a schedule uses of `pipeline.model.recognizer.Recognizer`, named here so this module
+    does not import the class that imports it."""
+
+    processor: Processor
+    engine: GenerationEngine
+    config: AnandaSkyConfig
+    torch_device: torch.device
+    torch_dtype: torch.dtype
+
+    def image_token_count(self, width: int, height: int) -> int: ...
+
+    def prompt_embeddings(
+        self, images: list[Image.Image], prompt: str
+    ) -> tuple[torch.Tensor, list[int]]: ...
+
+    def _to_recognition(self, generated: Generated) -> Recognition: ...
+
 
 # feed(n, block) -> up to n (key, image) pages ([] = none ready now) or None (no more, ever);
 # block=True: nothing is being decoded, so wait for a page (or return None).
 PageFeed = Callable[[int, bool], "list[tuple[Hashable, Image.Image]] | None"]
 
 
-def prompt_length(rec: Recognizer, image: Image.Image, prompt: str) -> int:
+def prompt_length(rec: ScheduledRecognizer, image: Image.Image, prompt: str) -> int:
     return len(rec.processor.prompt_ids(rec.image_token_count(*image.size), prompt))
 
 
 def static_batches(
-    rec: Recognizer,
+    rec: ScheduledRecognizer,
     images: list[Image.Image],
     prompt: str,
     max_new_tokens: int | Sequence[int],
@@ -52,7 +77,7 @@ def static_batches(
 
 
 def continuous_list(
-    rec: Recognizer,
+    rec: ScheduledRecognizer,
     images: list[Image.Image],
     prompt: str,
     max_new_tokens: int | Sequence[int],
@@ -74,7 +99,7 @@ def continuous_list(
 
 
 def continuous_stream(
-    rec: Recognizer,
+    rec: ScheduledRecognizer,
     feed: PageFeed,
     prompt: str,
     max_new_tokens: int,
