@@ -138,6 +138,9 @@ def test_html_report_shows_each_page_side_by_side_with_marked_edits(folders):
     gt_side, pred_side = single.find_class("text")
     assert [e.text for e in gt_side.find_class("del")] == ["!"]
     assert pred_side.find_class("ins") == [] and "Eine Seite" in pred_side.text_content()
+    (confusions,) = doc.find_class("confusions")
+    assert [td.text_content() for td in confusions.iter("td")] == ["!", "∅", "1"]
+    assert "not evaluated: 1 no_prediction, 1 unreadable" in doc.text_content()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

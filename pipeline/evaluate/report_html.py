@@ -12,8 +12,9 @@ from pathlib import Path
 
 from .align import opcodes
 from .evaluation import Evaluation, PageResult
-from .metrics import EVALUATED, Totals
+from .metrics import EVALUATED, STATUSES, Totals
 from .normalize import graphemes
+from .report_json import confusions
 
 THUMBNAIL_PIXELS = 220 * 320
 _STYLE = """
@@ -106,6 +107,25 @@ def _page_html(page: PageResult, source: str | None, thumbnails: bool) -> str:
     return f"<h3>{escape(title)}</h3>" + "".join(parts)
 
 
+def _summary(ev: Evaluation) -> str:
+    """Pages not evaluated, by status, and the most frequent confusions."""
+    statuses = ev.totals.statuses
+    left_out = [f"{n} {s}" for s in STATUSES[1:] if (n := statuses.get(s, 0))]
+    parts = [f"<p>not evaluated: {escape(', '.join(left_out))}</p>"] if left_out else []
+    rows = [
+        f"<tr><td>{escape(c['gt']) or '&#8709;'}</td><td>{escape(c['pred']) or '&#8709;'}</td>"
+        f"<td>{c['count']}</td></tr>"
+        for c in confusions(ev)
+    ]
+    if rows:
+        parts.append(
+            '<table class="confusions"><tr><th>GT</th><th>prediction</th><th>count</th></tr>'
+        )
+        parts += rows
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
 def render_html(ev: Evaluation, *, thumbnails: bool = True) -> str:
     """The whole report; pages without ground truth are counted, not shown."""
     head = ["document", "pages", "chars", "CER", "WER", "sub", "ins", "del"]
@@ -121,6 +141,7 @@ def render_html(ev: Evaluation, *, thumbnails: bool = True) -> str:
         _totals_row("collection", ev.totals),
         *(_totals_row(d.name, d.totals) for d in ev.documents),
         "</table>",
+        _summary(ev),
         '<p class="legend"><span class="sub">substituted</span> '
         '<span class="del">deleted (in GT only)</span> '
         '<span class="ins">inserted (in prediction only)</span></p>',
