@@ -50,7 +50,7 @@ def build_out(out: Path, files: list[Path], copies: int) -> int:
     import pypdfium2 as pdfium
     from PIL import Image
 
-    from pipeline.jobs.sqlite_store import JobStore
+    from pipeline.jobs import open_for_run
     from pipeline.outputs.alto import PageMeta, alto_to_text
     from pipeline.outputs.page_files import page_output_paths, write_page_outputs
     from pipeline.records import Recognition
@@ -58,7 +58,7 @@ def build_out(out: Path, files: list[Path], copies: int) -> int:
     text = alto_to_text(GT_ALTO.read_bytes())
     ends = tuple(range(3, len(text), 3)) + (len(text),)
     rec = Recognition(text, tuple(-0.1 for _ in ends), ends, "eos")
-    store = JobStore.open(out)
+    store = open_for_run(out)
     pages = 0
     for copy in range(copies):
         for path in files:

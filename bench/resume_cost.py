@@ -1,6 +1,6 @@
 """What resuming a finished collection costs: `run` concluding there is nothing to do, and `status`.
 
-A job store is filled through the JobStore API with 100-page documents whose every page is
+A job store is filled through the job-backend API with 100-page documents whose every page is
 done (the input files exist, unchanged, so `run` trusts them by size and mtime), under the same
 fingerprint the CLI computes. Then the real CLI runs as a subprocess, interleaved across store
 sizes: `run` (same arguments as the first run), `status`, `status --json`, and `--help` as the
@@ -57,7 +57,7 @@ def master_pdf(path: Path) -> None:
 def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path, Path, float]:
     """Inputs in boxes of 100 files, each registered and every page marked done."""
     from pipeline.ingest.documents import IngestSettings, discover, probe_document
-    from pipeline.jobs.sqlite_store import JobStore
+    from pipeline.jobs import open_for_run
     from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
     from pipeline.runner.settings import RunSettings, model_code_checksum
 
@@ -71,7 +71,7 @@ def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path
     settings = RunSettings(
         inputs=(str(inputs),), out_dir=str(out), model_dir=str(model), device="cpu", impl="native"
     )
-    with JobStore.open(out) as store:
+    with open_for_run(out) as store:
         store.check_fingerprint(
             settings.fingerprint(
                 checkpoint_checksum(model),
@@ -96,7 +96,7 @@ def build_store(root: Path, pages: int, model: Path, master: Path) -> tuple[Path
             )
         timings = {"load_s": 0.05, "infer_s": 1.5, "write_s": 0.01, "batch_size": 8}
         for task in store.pending_pages():
-            store.mark_done(
+            store.complete(
                 task.page_id,
                 device="cpu:0",
                 timings=timings,

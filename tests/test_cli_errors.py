@@ -83,7 +83,7 @@ def test_an_internal_error_during_a_run_writes_its_traceback_to_the_run_log(
     (inputs / "a.jpg").write_bytes((testdata / "pages/vertical/jp_vert.jpg").read_bytes())
     out = tmp_path / "out"
     args = run_args(inputs, out, tiny_model_dir, "--quiet")
-    result = _cli_with_injected_bug("pipeline.runner.collection", "Coordinator.run", *args)
+    result = _cli_with_injected_bug("pipeline.runner.scheduler", "Scheduler.run", *args)
     assert result.returncode == ExitCode.INTERNAL_ERROR
     assert_no_traceback(result)
     assert f"the traceback is in {out / 'run.log'}" in result.stderr

@@ -24,7 +24,7 @@ from pipeline.errors import BadArguments, ExitCode
 from pipeline.export import export_collection
 from pipeline.export.mets import METS_NS, XLINK_NS
 from pipeline.export.page_xml import PAGE_NS
-from pipeline.jobs.backend import printable
+from pipeline.jobs.records import printable
 from pipeline.jobs.sqlite_store import JobStore
 from pipeline.outputs.alto import PageMeta, alto_to_text, normalize_text, page_confidence
 from pipeline.outputs.page_files import page_output_paths, write_page_outputs
@@ -77,9 +77,9 @@ def build_out(out: Path, collection: dict[str, list] = COLLECTION) -> JobStore:
         text = collection[task.relpath][task.page_index]
         if text is ...:
             continue
-        store.mark_running([task.page_id], "cpu")
+        store.claim([task.page_id], "cpu")
         if text is None:
-            store.record_failure(task.page_id, ERROR, max_attempts=3, fatal=True)
+            store.fail(task.page_id, ERROR, max_attempts=3, fatal=True)
         else:
             finish_page(out, store, task, text)
     store.fail_document(
@@ -102,7 +102,7 @@ def finish_page(out: Path, store: JobStore, task, text: str) -> Recognition:
         processing_datetime=WHEN,
     )
     write_page_outputs(out, task.relpath, number, rec, meta)
-    store.mark_done(
+    store.complete(
         task.page_id,
         device="cpu",
         timings={"infer_s": 0.5},
@@ -304,7 +304,7 @@ def test_documents_with_no_page_done_are_listed_per_page_and_selected_by_glob(tm
     out, to = tmp_path / "out", tmp_path / "delivery"
     with build_out(out, collection) as run:
         running = [t.page_id for t in run.pending_pages() if t.relpath == "a/todo.pdf"][1]
-        run.mark_running([running], "cpu")  # being recognised: still pending for the export
+        run.claim([running], "cpu")  # being recognised: still pending for the export
         report = export_collection(out, to, formats=ALL)
         saved = json.loads((to / "export-report.json").read_text("utf-8"))
         pending = [{"page": n, "state": "pending"} for n in (1, 2, 3)]
@@ -413,7 +413,7 @@ def test_reexport_after_resume_rewrites_only_the_changed_document(run, out, tmp_
     before = files_of(to)
     (task,) = run.pending_pages()  # the run goes on and finishes its last page
     finish_page(out, run, task, "Finished on resume.")
-    run.retry_failed_pages()  # as a resume does: letter.pdf page 3 is pending again
+    run.retry_failed()  # as a resume does: letter.pdf page 3 is pending again
     report = export_collection(out, to, formats=ALL)
     after = files_of(to)
     changed = {name for name in after if before.get(name) != after[name]}

@@ -33,8 +33,8 @@ def test_a_removed_source_keeps_done_pages_and_gets_the_rest_back_when_it_return
     add(store, "b.pdf", 1)
     store.fail_document(relpath="bad.pdf", path="/in/bad.pdf", reason="empty file")
     first = store.pending_pages(doc_id=store.known_document("a.pdf").doc_id)[0]
-    store.mark_running([first.page_id], "cpu:0")
-    store.mark_done(
+    store.claim([first.page_id], "cpu:0")
+    store.complete(
         first.page_id, device="cpu:0", timings={}, confidence=None, num_tokens=1, stop_reason="eos"
     )
     assert store.mark_sources_removed({"b.pdf"}) == ["a.pdf", "bad.pdf"]

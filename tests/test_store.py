@@ -36,8 +36,8 @@ def add_doc(store: JobStore, relpath: str, pages: int, sha: str = "h1", **kw) ->
 
 
 def finish(store: JobStore, page_id: int, device: str = "npu:0", infer_s: float = 1.5) -> None:
-    store.mark_running([page_id], device)
-    store.mark_done(
+    store.claim([page_id], device)
+    store.complete(
         page_id,
         device=device,
         timings={"load_s": 0.1, "infer_s": infer_s},
@@ -122,7 +122,7 @@ def test_new_config_stores_the_new_fingerprint_and_redoes_every_page(store):
     add_doc(store, "a.pdf", 3)
     tasks = store.pending_pages()
     finish(store, tasks[0].page_id)
-    store.record_failure(tasks[1].page_id, "boom", max_attempts=1)
+    store.fail(tasks[1].page_id, "boom", max_attempts=1)
     changed = dict(FINGERPRINT, dpi=400)
     store.check_fingerprint(changed, new_config=True)
     assert [t.attempts for t in store.pending_pages()] == [0, 0, 0]
@@ -246,10 +246,10 @@ def test_undecodable_file_names_round_trip_exactly(store):
 def test_failures_are_retried_until_max_attempts(store):
     add_doc(store, "a.pdf", 1)
     page = store.pending_pages()[0].page_id
-    assert store.record_failure(page, "out of memory", max_attempts=3) == "pending"
+    assert store.fail(page, "out of memory", max_attempts=3) == "pending"
     assert store.pending_pages()[0].attempts == 1
-    assert store.record_failure(page, "out of memory", max_attempts=3) == "pending"
-    assert store.record_failure(page, "out of memory again", max_attempts=3) == "failed"
+    assert store.fail(page, "out of memory", max_attempts=3) == "pending"
+    assert store.fail(page, "out of memory again", max_attempts=3) == "failed"
     assert store.pending_pages() == []
     failed = store.summary().failed_pages
     assert [(f.relpath, f.page_number, f.error) for f in failed] == [
@@ -260,7 +260,7 @@ def test_failures_are_retried_until_max_attempts(store):
 def test_fatal_failure_fails_the_page_at_once(store):
     add_doc(store, "a.pdf", 2)
     page = store.pending_pages()[1].page_id
-    assert store.record_failure(page, "unreadable image", max_attempts=3, fatal=True) == "failed"
+    assert store.fail(page, "unreadable image", max_attempts=3, fatal=True) == "failed"
     assert store.summary().failed_pages[0].page_number == 2
 
 
@@ -268,9 +268,9 @@ def test_requeue_returns_running_pages_without_counting_an_attempt(store):
     add_doc(store, "a.pdf", 2)
     ids = [t.page_id for t in store.pending_pages()]
     finish(store, ids[0])
-    store.mark_running([ids[1]], "cuda:1")
+    store.claim([ids[1]], "cuda:1")
     assert store.pending_pages() == []
-    store.requeue(ids)
+    store.release(ids)
     assert [(t.page_index, t.attempts) for t in store.pending_pages()] == [(1, 0)]
     assert store.summary().pages["done"] == 1
 
@@ -278,7 +278,7 @@ def test_requeue_returns_running_pages_without_counting_an_attempt(store):
 def test_pages_left_running_by_a_crash_are_pending_on_reopen(tmp_path):
     s = JobStore.open(tmp_path)
     add_doc(s, "a.pdf", 2)
-    s.mark_running([t.page_id for t in s.pending_pages()], "npu:0")
+    s.claim([t.page_id for t in s.pending_pages()], "npu:0")
     s.close()  # no requeue: as after a crash
     with JobStore.open(tmp_path, exclusive=False) as reader:
         assert reader.summary().pages["running"] == 2
@@ -314,9 +314,9 @@ def test_document_pages_list_every_page_state_from_one_snapshot_beside_a_run(tmp
         writer.fail_document(relpath="bad.pdf", path="/in/bad.pdf", reason="not a PDF")
         tasks = {(t.relpath, t.page_index): t.page_id for t in writer.pending_pages()}
         finish(writer, tasks["b.pdf", 1])
-        writer.record_failure(tasks["b.pdf", 2], "bad page", max_attempts=1)
-        writer.record_failure(tasks["a.pdf", 0], "flaky", max_attempts=3)  # pending again
-        writer.mark_running([tasks["a.pdf", 1]], "npu:0")
+        writer.fail(tasks["b.pdf", 2], "bad page", max_attempts=1)
+        writer.fail(tasks["a.pdf", 0], "flaky", max_attempts=3)  # pending again
+        writer.claim([tasks["a.pdf", 1]], "npu:0")
         with JobStore.open(tmp_path, exclusive=False) as reader:
             stream = reader.document_pages()
             first = next(stream)
@@ -355,9 +355,9 @@ def test_summary_counts_documents_pages_and_devices(store):
     finish(store, tasks["done.pdf", 0], "npu:0", 1.0)
     finish(store, tasks["done.pdf", 1], "npu:1", 2.0)
     finish(store, tasks["partial.pdf", 0], "npu:0", 3.0)
-    store.record_failure(tasks["partial.pdf", 1], "bad page", max_attempts=1)
-    store.record_failure(tasks["mixed.pdf", 0], "bad page", max_attempts=1)
-    store.mark_running([tasks["todo.pdf", 0]], "npu:1")
+    store.fail(tasks["partial.pdf", 1], "bad page", max_attempts=1)
+    store.fail(tasks["mixed.pdf", 0], "bad page", max_attempts=1)
+    store.claim([tasks["todo.pdf", 0]], "npu:1")
     summary = store.summary()
     assert summary.documents == {
         "pending": 2,
@@ -423,7 +423,7 @@ HOLDER = textwrap.dedent(
     store = JobStore.open({out!r})
     store.sync_document(relpath="a.pdf", path="/in/a.pdf", sha256="h", size=1, mtime_ns=1,
                         kind="pdf", format="PDF", page_count=2)
-    store.mark_running([t.page_id for t in store.pending_pages()], "npu:0")
+    store.claim([t.page_id for t in store.pending_pages()], "npu:0")
     print("holding", flush=True)
     time.sleep(120)
     """
@@ -466,7 +466,7 @@ def test_reader_sees_committed_progress_and_cannot_write(tmp_path):
             assert reader.summary().pages["done"] == 1
             assert [d.page_index for d in reader.done_pages()] == [0]
             with pytest.raises(RuntimeError, match="exclusive=False"):
-                reader.requeue([1])
+                reader.release([1])
 
 
 def test_reader_snapshot_is_consistent_and_does_not_block_the_writer(tmp_path):

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import BadArguments
-from pipeline.jobs.backend import JobBackend, printable
-from pipeline.jobs.connect import reported_store_errors
-from pipeline.jobs.sqlite_store import STATE_DIR, JobStore
+from pipeline.jobs import STATE_DIR, open_catalogue, reported_store_errors
+from pipeline.jobs.backend import JobBackend
+from pipeline.jobs.records import printable
 from pipeline.outputs.page_files import PAGES_DIR
 
 from . import alto_pages, hocr, mets, page_xml, txt
@@ -128,7 +128,7 @@ def export_collection(
     report = ExportReport(out_dir, to, options)
     with (
         reported_store_errors(out_dir),
-        JobStore.open(out_dir, exclusive=False) as store,
+        open_catalogue(out_dir) as store,
         locked(to),
     ):
         delivery = Delivery(to)

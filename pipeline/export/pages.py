@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from pipeline.jobs.backend import DocumentPages, PageState
+from pipeline.jobs.records import DocumentPages, PageState
 from pipeline.outputs.alto import ALTO_NS
 from pipeline.outputs.page_files import PAGES_DIR, output_folder, page_output_paths
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.errors import ExitCode
-from pipeline.jobs.backend import DocumentPages, printable
+from pipeline.jobs.records import DocumentPages, printable
 
 from .options import ExportOptions
 from .pages import PENDING, ExportDocument, export_state

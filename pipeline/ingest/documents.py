@@ -32,7 +32,7 @@ from pipeline.ingest.selection import (
     skip_reason,
     sniff_format,
 )
-from pipeline.jobs.backend import printable
+from pipeline.jobs.records import printable
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pipeline.errors import NothingToDo
 from pipeline.ingest.documents import DocumentInfo, IngestSettings, SourceFile, discover
 from pipeline.ingest.page_loading import LoadFailure, probe
 from pipeline.ingest.selection import InputFilter
-from pipeline.jobs.backend import JobBackend, printable
+from pipeline.jobs.backend import JobBackend
+from pipeline.jobs.records import printable
 from pipeline.outputs.page_files import remove_document_outputs
 from pipeline.runner.progress import log
 

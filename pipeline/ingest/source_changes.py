@@ -3,24 +3,18 @@
 A page is loaded long after its file was registered (hashed, pages counted). If the file now
 holds other content, the page would be transcribed from the new content but written under the
 old registration, or not exist at all. So each load first compares the file with its
-registration (size and mtime, cheaply; the hash only when they differ), and the coordinator
-registers a changed file again: its old outputs and pages go, its new pages are queued, and
-pages of the old registration still in flight are dropped instead of written.
+registration (size and mtime, cheaply; the hash only when they differ). What the run does then
+is `pipeline.runner.reregistration`'s business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.ingest.documents import IngestSettings, SourceFile
-from pipeline.jobs.backend import JobBackend, PageTask, printable
-from pipeline.runner.progress import log
+from pipeline.jobs.records import PageTask
 
 _HASH_CHUNK = 1 << 20
 
@@ -62,41 +56,3 @@ def source_changed(path: Path, expect: Registered | None) -> SourceChanged | Non
     except OSError:
         return None  # gone or unreadable: loading the page says so
     return None if digest.hexdigest() == expect.sha256 else SourceChanged()
-
-
-@dataclass
-class SourceChanges:
-    """The coordinator's side: re-register a changed document, tell stale pages apart."""
-
-    store: JobBackend
-    out_dir: Path
-    ingest: IngestSettings
-    new_pool: Callable[[], ProcessPoolExecutor]
-    # doc id -> the content it is registered with now (None: no longer readable). Page ids may
-    # be reused by the new registration, so staleness is told by content, not by id.
-    current: dict[int, str | None] = field(default_factory=dict)
-
-    def is_stale(self, task: PageTask) -> bool:
-        """A page of a registration that has since been replaced: never written."""
-        return task.doc_id in self.current and task.sha256 != self.current[task.doc_id]
-
-    def handle(self, task: PageTask, pending: deque) -> None:
-        """Register `task`'s file again and queue its new pages in place of the old ones."""
-        from pipeline.ingest.registration import DocumentRegistrar
-
-        log.warning(
-            "%s changed while this run was reading it; doing it again from its new content",
-            printable(task.relpath),
-        )
-        before = self.store.known_document(task.relpath)
-        registrar = DocumentRegistrar(self.store, self.out_dir, self.ingest, self.new_pool)
-        registrar.reregister(SourceFile(Path(task.path), task.relpath))
-        after = self.store.known_document(task.relpath)
-        if before and after and after.state == "ok" and after.sha256 == before.sha256:
-            pending.appendleft(task)  # changed back before it was read again: nothing to redo
-            return
-        fresh = self.store.pending_pages(doc_id=task.doc_id)
-        self.current[task.doc_id] = after.sha256 if after and after.state == "ok" else None
-        kept = [t for t in pending if t.doc_id != task.doc_id]
-        pending.clear()
-        pending.extend(fresh + kept)

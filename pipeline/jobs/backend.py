@@ -1,7 +1,9 @@
-"""What a job backend is: the records it hands out and the interface the run coordinator uses.
+"""The job backend: what every consumer of a run's state goes through.
 
-`pipeline.jobs.sqlite_store.JobStore` implements it on SQLite; a Ray or remote backend would implement the
-same methods and return the same records.
+Consumers never see the storage: a run talks to a `JobBackend` (a work queue, an input registry
+and the run's record), `status`, `export`, `evaluate` and `resume` to a read-only `Catalogue`.
+`pipeline.jobs.open_for_run` and `pipeline.jobs.open_catalogue` hand them out; the SQLite store in
+`sqlite_store.py` is today's only implementation, a remote backend would be a second.
 """
 
 from __future__ import annotations
@@ -9,194 +11,64 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+
+from pipeline.jobs.records import (
+    DocumentPages,
+    DonePage,
+    KnownDocument,
+    PageTask,
+    StoreSummary,
+)
 
 
-@dataclass(frozen=True)
-class KnownDocument:
-    """What the store remembers about an input, so an unchanged file need not be hashed again."""
-
-    doc_id: int
-    relpath: str
-    path: str
-    sha256: str | None
-    size: int | None
-    mtime_ns: int | None
-    page_count: int | None
-    state: str  # ok | failed
-    reason: str | None
-    removed: bool = False  # its source was gone at an earlier discovery
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    relpath: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class SkippedFiles:
-    """Files of the inputs that are not pages: how many, and the first of them."""
-
-    count: int
-    files: list[SkippedFile]
-
-
-@dataclass(frozen=True)
-class PageTask:
-    """One page to recognise; small and picklable so it can travel to loader processes."""
-
-    page_id: int
-    doc_id: int
-    relpath: str
-    path: str
-    page_index: int  # 0-based
-    page_count: int
-    attempts: int
-    # The document's registration, checked when the page is loaded (`pipeline.ingest.source_changes`).
-    size: int | None = None
-    mtime_ns: int | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class DonePage:
-    """A finished page, as `export` needs it."""
-
-    page_id: int
-    relpath: str
-    path: str
-    page_index: int
-    page_count: int
-    device: str | None
-    timings: dict
-    confidence: float | None
-    num_tokens: int | None
-    stop_reason: str | None
-    finished_at: float | None
-
-
-@dataclass(frozen=True)
-class PageState:
-    """One page's progress, as `JobBackend.document_pages` lists it."""
-
-    page_index: int  # 0-based
-    state: str  # pending | running | done | failed
-    error: str | None  # the last failure (a pending page keeps it until it is retried)
-    finished_at: float | None  # when it was done, or last failed
-
-
-@dataclass(frozen=True)
-class DocumentPages:
-    """A document and the state of every page it has: what reports like `export` list."""
-
-    relpath: str
-    path: str
-    state: str  # ok | failed (unreadable: it has no pages)
-    reason: str | None  # why the whole document failed
-    page_count: int | None  # None for a failed document
-    sha256: str | None
-    size: int | None
-    pages: tuple[PageState, ...]  # in page order
-
-
-@dataclass(frozen=True)
-class DeviceStats:
-    pages_done: int
-    infer_seconds: float
-
-
-@dataclass(frozen=True)
-class FailedDocument:
-    relpath: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class FailedPage:
-    relpath: str
-    page_number: int  # 1-based, as users count
-    error: str
-
-
-@dataclass
-class StoreSummary:
-    """Counts for `status`. Document states: pending (work left), done, some_pages_failed, failed."""
-
-    documents: dict[str, int]
-    pages: dict[str, int]
-    devices: dict[str, DeviceStats] = field(default_factory=dict)
-    failed_documents: list[FailedDocument] = field(default_factory=list)
-    failed_pages: list[FailedPage] = field(default_factory=list)
-    skipped: SkippedFiles = field(default_factory=lambda: SkippedFiles(0, []))
-    removed: list[str] = field(default_factory=list)  # relpaths whose source is gone
-
-    @property
-    def pages_total(self) -> int:
-        return sum(self.pages.values())
-
-    @property
-    def pages_remaining(self) -> int:
-        return self.pages["pending"] + self.pages["running"]
-
-    @property
-    def anything_failed(self) -> bool:
-        return bool(self.documents["failed"] or self.pages["failed"])
-
-    def totals(self) -> dict[str, int]:
-        """Flat counts: pages per state, plus `documents` and `failed_documents`."""
-        documents = sum(self.documents.values())
-        return {
-            **self.pages,
-            "documents": documents,
-            "failed_documents": self.documents["failed"],
-            "skipped_files": self.skipped.count,
-            "sources_removed": len(self.removed),
-        }
-
-    def to_dict(self) -> dict:
-        """JSON-ready; undecodable file names are shown with backslash escapes."""
-        return {
-            "documents": dict(self.documents),
-            "pages": dict(self.pages),
-            "devices": {k: asdict(v) for k, v in self.devices.items()},
-            "failed_documents": [
-                {"relpath": printable(f.relpath), "reason": f.reason} for f in self.failed_documents
-            ],
-            "failed_pages": [
-                {"relpath": printable(f.relpath), "page": f.page_number, "error": f.error}
-                for f in self.failed_pages
-            ],
-            "skipped_files": {
-                "count": self.skipped.count,
-                "files": [
-                    {"relpath": printable(f.relpath), "reason": f.reason}
-                    for f in self.skipped.files
-                ],
-            },
-            "sources_removed": [printable(relpath) for relpath in self.removed],
-        }
-
-
-def printable(name: str) -> str:
-    """A file name fit for logs and JSON: bytes that were not UTF-8 become `\\xNN`."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-class JobBackend(abc.ABC):
-    """What a run needs from a job store. Page ids are opaque integers chosen by the backend."""
+class WorkQueue(abc.ABC):
+    """Pages to do. A page is claimed by a device, then completed, failed or released."""
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def count_pending(self) -> int: ...
 
     @abc.abstractmethod
-    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> list[str]: ...
+    def next_pending(self, after: tuple[str, int] | None, limit: int) -> list[PageTask]:
+        """Up to `limit` pending pages after the (relpath, page index) `after`, in that order:
+        pending work is read in bounded chunks, however large the collection."""
 
     @abc.abstractmethod
-    def save_settings(self, settings: dict) -> None: ...
+    def pending_pages(
+        self, limit: int | None = None, *, doc_id: int | None = None
+    ) -> list[PageTask]:
+        """Pending pages of one document (re-registration), or the first `limit` of all."""
 
     @abc.abstractmethod
-    def stored_settings(self) -> dict | None: ...
+    def claim(self, page_ids: Iterable[int], device: str) -> None: ...
+
+    @abc.abstractmethod
+    def complete(
+        self,
+        page_id: int,
+        *,
+        device: str,
+        timings: dict,
+        confidence: float | None,
+        num_tokens: int,
+        stop_reason: str,
+    ) -> None:
+        """Call only after the page's files are complete on disk."""
+
+    @abc.abstractmethod
+    def fail(self, page_id: int, error: str, *, max_attempts: int, fatal: bool = False) -> str:
+        """Count a failed attempt; the page's new state: 'pending' (retry) or 'failed'."""
+
+    @abc.abstractmethod
+    def release(self, page_ids: Iterable[int]) -> None:
+        """Give claimed pages back without counting an attempt (stop, lost worker)."""
+
+    @abc.abstractmethod
+    def retry_failed(self) -> int:
+        """A new run gives every failed page a fresh set of attempts; how many."""
+
+
+class InputRegistry(abc.ABC):
+    """What the run knows about its input files."""
 
     @abc.abstractmethod
     def known_document(self, relpath: str) -> KnownDocument | None: ...
@@ -236,36 +108,12 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def prune_removed(self) -> list[str]: ...
 
-    @abc.abstractmethod
-    def pending_pages(
-        self, limit: int | None = None, *, doc_id: int | None = None
-    ) -> list[PageTask]: ...
+
+class Catalogue(abc.ABC):
+    """The read-only view of a run: what `status`, `export`, `evaluate` and `resume` read."""
 
     @abc.abstractmethod
-    def mark_running(self, page_ids: Iterable[int], device: str) -> None: ...
-
-    @abc.abstractmethod
-    def mark_done(
-        self,
-        page_id: int,
-        *,
-        device: str,
-        timings: dict,
-        confidence: float | None,
-        num_tokens: int,
-        stop_reason: str,
-    ) -> None: ...
-
-    @abc.abstractmethod
-    def record_failure(
-        self, page_id: int, error: str, *, max_attempts: int, fatal: bool = False
-    ) -> str: ...
-
-    @abc.abstractmethod
-    def requeue(self, page_ids: Iterable[int]) -> None: ...
-
-    @abc.abstractmethod
-    def retry_failed_pages(self) -> int: ...
+    def stored_settings(self) -> dict | None: ...
 
     @abc.abstractmethod
     def summary(self, *, max_failures: int | None = None) -> StoreSummary: ...
@@ -277,8 +125,21 @@ class JobBackend(abc.ABC):
     def document_pages(self) -> Iterator[DocumentPages]:
         """Every document with its pages, in relpath/page order, from one snapshot, streamed."""
 
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class JobBackend(WorkQueue, InputRegistry, Catalogue):
+    """Everything a run needs: the queue, the inputs, and the run's own record."""
+
+    @abc.abstractmethod
+    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> list[str]: ...
+
+    @abc.abstractmethod
+    def save_settings(self, settings: dict) -> None: ...

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.jobs.backend import SkippedFile, SkippedFiles
+from pipeline.jobs.records import SkippedFile, SkippedFiles
 from pipeline.names import db_text, py_text
 
 

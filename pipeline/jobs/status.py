@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from pipeline.errors import BadArguments, ExitCode
-from pipeline.jobs.backend import StoreSummary
-from pipeline.jobs.connect import reported_store_errors
-from pipeline.jobs.sqlite_store import JobStore
+from pipeline.jobs import open_catalogue, reported_store_errors
+from pipeline.jobs.records import StoreSummary
 
 _SHOWN_FAILURES = 50
 
@@ -72,7 +71,7 @@ def _text_lines(report: dict) -> list[str]:
 def print_status(out_dir: Path, *, as_json: bool = False) -> ExitCode:
     if not (Path(out_dir) / ".anandasky").is_dir():
         raise BadArguments(f"{out_dir} holds no run: start one with `anandasky-batch run`")
-    with reported_store_errors(out_dir), JobStore.open(out_dir, exclusive=False) as store:
+    with reported_store_errors(out_dir), open_catalogue(out_dir) as store:
         report = status_report(store.summary())
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -159,9 +159,6 @@ class DeviceWorker:
     tasks: mp.Queue
     ready: bool = False
     outstanding: dict[int, list] = field(default_factory=dict)
-    busy_s: float = 0.0
-    idle_s: float = 0.0
-    pages_done: int = 0
     restarts: int = 0
     # When the batch at the head of the queue started (the worker computes one at a time).
     busy_since: float | None = None

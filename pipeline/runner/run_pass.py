@@ -1,0 +1,142 @@
+"""One pass of a run over its job backend: register the inputs, start the pools, schedule
+until the work is done or the run stops, then shut down and sum up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline.errors import CheckpointError, ExitCode
+from pipeline.ingest.registration import DocumentRegistrar
+from pipeline.jobs.backend import JobBackend
+from pipeline.jobs.connect import output_access_error
+from pipeline.model.config import AnandaSkyConfig
+from pipeline.runner.device_plan import WorkerSlot
+from pipeline.runner.loader_pool import LoaderPool
+from pipeline.runner.pending import PendingPages
+from pipeline.runner.progress import RunProgress, StageTimes, announce, write_run_summary
+from pipeline.runner.reregistration import SourceChanges
+from pipeline.runner.result_writer import ModelStamp, ResultWriter, release_quietly
+from pipeline.runner.scheduler import Scheduler
+from pipeline.runner.settings import RunSettings
+from pipeline.runner.stopping import StopControl
+from pipeline.runner.worker_pool import LocalWorkerPool, WorkerPool, worker_options
+
+log = logging.getLogger("anandasky")
+
+
+def image_pixel_budget(model_dir: str, impl: str) -> int | None:
+    """Pages travel between processes no larger than the model will look at.
+
+    Only a native config states that size (read without importing torch: a resumed run with
+    nothing to do must stay quick); a remote-code model's own processor resizes, so its pages
+    travel as rendered. The worker checks the tensors themselves when it loads them.
+    """
+    if impl == "remote":
+        return None
+    try:
+        return AnandaSkyConfig.load(Path(model_dir) / "config.json").max_image_pixels
+    except CheckpointError:
+        if impl == "native":
+            raise
+        return None
+
+
+def run_pass(
+    settings: RunSettings,
+    backend: JobBackend,
+    slots: list[WorkerSlot],
+    model: ModelStamp,
+    inputs: list[Path],
+) -> ExitCode:
+    """Run every pending page of `backend` once; the exit code that says how it went."""
+    started = time.monotonic()
+    stages = StageTimes()
+    options = worker_options(settings, slots, model.prompt)
+    workers = LocalWorkerPool(slots, options, settings.batch_timeout_s)
+    loaders = LoaderPool(
+        settings.loader_processes,
+        settings.ingest,
+        image_pixel_budget(settings.model_dir, settings.impl),
+        on_done=workers.wake,
+    )
+    progress: RunProgress | None = None
+    stop = StopControl()
+    scheduler = None
+    with stop:
+        try:
+            log.info("run started: %d device worker(s): %s", len(slots), _labels(slots))
+            registrar = DocumentRegistrar(
+                backend,
+                settings.out_path,
+                settings.ingest,
+                loaders.new_executor,
+                selection=settings.input_filter,
+                prune=settings.prune,
+            )
+            loaders.executor = registrar.register(inputs, loaders.executor)
+            retried = backend.retry_failed()
+            if retried:
+                log.info("retrying %d page(s) that failed in earlier runs", retried)
+            pending = PendingPages(backend, settings.out_path, settings.formats)
+            progress = RunProgress(total=pending.remaining, quiet=settings.quiet)
+            if pending and not stop.stopping:
+                announce(
+                    f"loading the model ({model.name}) on {_labels(slots)} ...", settings.quiet
+                )
+                workers.start()
+                changes = SourceChanges(
+                    backend, settings.out_path, settings.ingest, loaders.new_executor
+                )
+                writer = ResultWriter(settings.out_path, backend, settings.formats, model, stages)
+                scheduler = Scheduler(
+                    backend,
+                    workers,
+                    loaders,
+                    writer,
+                    changes,
+                    stop,
+                    progress,
+                    batch_size=settings.batch_size,
+                    max_attempts=settings.max_attempts,
+                )
+                scheduler.run(pending)
+        finally:
+            fatal = scheduler.fatal if scheduler is not None else None
+            _shut_down(backend, workers, loaders, kill=stop.aborting or fatal is not None)
+            if progress is not None:
+                progress.close()
+    if fatal is not None:
+        raise fatal
+    return _finish(settings, backend, progress, stages, stop, time.monotonic() - started)
+
+
+def _labels(slots: list[WorkerSlot]) -> str:
+    return ", ".join(slot.label for slot in slots)
+
+
+def _shut_down(backend: JobBackend, workers: WorkerPool, loaders: LoaderPool, *, kill: bool):
+    loaders.shutdown()
+    in_flight = [page.task.page_id for page in workers.shutdown(kill=kill)]
+    if in_flight:
+        release_quietly(backend, in_flight)
+
+
+def _finish(settings, backend, progress, stages, stop, wall_s) -> ExitCode:
+    totals = backend.summary().totals()
+    if progress is not None:
+        lines = progress.summary_lines(wall_s, totals, stages)
+        if not settings.quiet:
+            print("\n".join(lines))
+        for line in lines:
+            log.info(line)
+        try:
+            write_run_summary(settings.out_path, progress, stages, wall_s, totals)
+        except OSError as err:
+            raise output_access_error(settings.out_path / "run-summary.json", err) from None
+    if stop.stopping:
+        return ExitCode.INTERRUPTED
+    if totals.get("failed", 0) or totals.get("failed_documents", 0):
+        return ExitCode.SOME_PAGES_FAILED
+    return ExitCode.OK

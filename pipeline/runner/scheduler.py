@@ -1,0 +1,184 @@
+"""The scheduler: pages from the work queue to the loaders, loaded pages in batches to free
+workers, results to the writer, failures back to the queue. It owns no process and no file;
+the pools, the queue and the writer do the work, so a cluster pool or another job backend
+changes nothing here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from pipeline.errors import AnandaSkyError
+from pipeline.ingest.page_loading import LoadFailure
+from pipeline.ingest.source_changes import SourceChanged
+from pipeline.jobs.backend import WorkQueue
+from pipeline.runner.batching import ReadyPage, ReadyPages
+from pipeline.runner.loader_pool import LoaderPool
+from pipeline.runner.pending import PendingPages
+from pipeline.runner.pool_events import (
+    BatchLost,
+    BatchResult,
+    PoolEvent,
+    PoolFailed,
+    WorkerRestarted,
+    WorkerUp,
+)
+from pipeline.runner.progress import RunProgress
+from pipeline.runner.reregistration import SourceChanges
+from pipeline.runner.result_writer import ResultWriter, release_quietly
+from pipeline.runner.stopping import StopControl
+from pipeline.runner.worker_pool import WorkerPool
+
+log = logging.getLogger("anandasky")
+_POLL_S = 0.05
+
+
+class Scheduler:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        workers: WorkerPool,
+        loaders: LoaderPool,
+        writer: ResultWriter,
+        changes: SourceChanges,
+        stop: StopControl,
+        progress: RunProgress,
+        *,
+        batch_size: int,
+        max_attempts: int,
+    ) -> None:
+        self.queue = queue
+        self.workers = workers
+        self.loaders = loaders
+        self.writer = writer
+        self.changes = changes
+        self.stop = stop
+        self.progress = progress
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.ready = ReadyPages()
+        self.fatal: AnandaSkyError | None = None
+
+    def run(self, pending: PendingPages) -> None:
+        """Until every page is done or failed, or the run stops (Ctrl-C, a fatal error)."""
+        while not self.stop.aborting and self.fatal is None:
+            # Enough loaded pages for two batches per device, plus one per loader process.
+            prefetch = self.batch_size * max(1, self.workers.live_count()) * 2
+            prefetch += self.loaders.processes
+            if self.stop.stopping:
+                self.workers.begin_stop()
+            else:
+                while pending and len(self.loaders) + len(self.ready) < prefetch:
+                    self.loaders.submit(pending.pop())
+            self._take_loaded(pending)
+            if not self.stop.stopping:
+                self._dispatch(pending.remaining + len(self.loaders) + len(self.ready))
+            idle = not self.workers.busy()
+            if idle and (self.stop.stopping or not (pending or self.loaders or self.ready)):
+                break
+            if self.stop.grace_over():
+                log.warning("batches in flight did not finish; they stay pending")
+                break
+            for event in self.workers.events(_POLL_S):
+                self._handle(event)
+
+    # -- loaded pages ------------------------------------------------------------------------
+
+    def _take_loaded(self, pending: PendingPages) -> None:
+        for task, result in self.loaders.harvest():
+            if self.changes.is_stale(task):
+                continue  # its file was registered again since; its new pages are queued
+            if isinstance(result, SourceChanged):
+                self.changes.handle(task, pending)
+            elif isinstance(result, LoadFailure):
+                log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
+                state = self.queue.fail(
+                    task.page_id,
+                    result.message,
+                    max_attempts=self.max_attempts,
+                    fatal=not result.retry,  # out of memory, a dead loader: not the file's fault
+                )
+                if state == "pending":
+                    pending.give_back(task)
+                else:
+                    self.progress.page_failed()
+            else:
+                self.ready.add(ReadyPage(task, result.image, result.load_s))
+
+    def _dispatch(self, remaining: int) -> None:
+        live = self.workers.live_count() or 1
+        # Near the end of the work, share what is left instead of handing it all to one device.
+        batch_size = max(1, min(self.batch_size, math.ceil(remaining / live)))
+        more_coming = remaining > len(self.ready)
+        for worker in self.workers.takers():
+            if not self.ready:
+                return
+            # A worker already computing gets a second batch only when it is a full one.
+            if worker.batches and len(self.ready) < batch_size and more_coming:
+                continue
+            # Pages of a file registered again since they were loaded are dropped, not sent:
+            # their ids may already belong to the new registration's pages.
+            batch = [
+                p for p in self.ready.take_batch(batch_size) if not self.changes.is_stale(p.task)
+            ]
+            if batch:
+                self.queue.claim([page.task.page_id for page in batch], worker.label)
+                self.workers.send(worker, batch)
+
+    # -- what the workers say ----------------------------------------------------------------
+
+    def _handle(self, event: PoolEvent) -> None:
+        if isinstance(event, WorkerUp):
+            self.progress.device(event.label).load_s = event.load_s
+        elif isinstance(event, WorkerRestarted):
+            self.progress.device(event.label).restarts = event.restarts
+        elif isinstance(event, PoolFailed):
+            if self.fatal is None:
+                self.fatal = event.error
+        elif isinstance(event, BatchLost):
+            self._retry_or_fail(event.pages, event.error)
+        elif isinstance(event, BatchResult):
+            self._record(event)
+
+    def _record(self, event: BatchResult) -> None:
+        stats = self.progress.device(event.label)
+        stats.busy_s += event.infer_s
+        stats.idle_s += event.wait_s
+        pages = event.pages
+        if len(event.recognitions) != len(pages):
+            # Which answer belongs to which page is unknown: none is recorded, and no page may
+            # stay "running" in a run that ends well.
+            error = f"{len(event.recognitions)} result(s) for a batch of {len(pages)} pages"
+            log.error("batch on %s: %s", event.label, error)
+            self._retry_or_fail(pages, error)
+            return
+        per_page_s = event.infer_s / max(len(pages), 1)
+        for page, recognition in zip(pages, event.recognitions, strict=True):
+            if self.changes.is_stale(page.task):
+                continue  # its file changed since it was loaded: never written
+            if self.fatal is not None:
+                release_quietly(self.queue, [page.task.page_id])
+                continue
+            try:
+                self.writer.record(page, recognition, event.label, per_page_s, len(pages))
+            except AnandaSkyError as error:  # OUT cannot take more pages: stop the run
+                self.fatal = error
+                continue
+            stats.pages += 1
+            self.progress.page_done()
+
+    def _retry_or_fail(self, pages: list[ReadyPage], error: str) -> None:
+        for page in pages:
+            if self.changes.is_stale(page.task):
+                continue
+            state = self.queue.fail(page.task.page_id, error, max_attempts=self.max_attempts)
+            if state == "pending" and not self.stop.stopping:
+                page.solo = True
+                self.ready.add(page)
+            elif state == "failed":
+                task = page.task
+                log.warning("%s page %d: failed: %s", task.relpath, task.page_index + 1, error)
+                self.progress.page_failed()
+            else:
+                self.queue.release([page.task.page_id])
