@@ -17,21 +17,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from pipeline.records import Recognition
-from pipeline.runner.child_process import injected_fault, prepare_child_process
+from pipeline.runner.child_process import prepare_child_process
 from pipeline.runner.device_plan import WorkerSlot, pin_to_slot
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What every device worker needs to load the model and run it the same way."""
-
-    model_dir: str
-    dtype: str | None
-    impl: str
-    prompt: str
-    max_new_tokens: int
-    repetition_guard: bool
-    torch_threads: int | None = None
+from pipeline.runner.model_session import ModelSession, WorkerOptions
 
 
 @dataclass(frozen=True)
@@ -70,7 +58,8 @@ class BatchFailed:
     error: str
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: its type and the first line of its message."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -86,37 +75,19 @@ def device_worker_main(
     """Entry point of a worker process (spawned, so nothing is inherited but the arguments)."""
     prepare_child_process(parent_pid)
     pin_to_slot(slot)
-    started = time.perf_counter()
     try:
-        import torch
-
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
-        from pipeline.recognition import load_recognizer
-
-        injected_fault("load")
-
-        recognizer = load_recognizer(
-            options.model_dir, device=slot.torch_device, dtype=options.dtype, impl=options.impl
-        )
+        session = ModelSession.load(options, slot.torch_device)
     except Exception as exc:  # reported to the coordinator, which stops the run
         from pipeline.errors import AnandaSkyError, ExitCode
 
         # Not an error we anticipated (driver fault, out of memory at load): not the user's
         # arguments either, so not BAD_ARGUMENTS; the device is as good as lost.
         code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
-        results.put(WorkerFailed(worker_id, slot.label, _describe(exc), int(code)))
+        results.put(WorkerFailed(worker_id, slot.label, describe_error(exc), int(code)))
         return
     visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
     results.put(
-        WorkerReady(
-            worker_id,
-            slot.label,
-            str(recognizer.device),
-            visible,
-            os.getpid(),
-            time.perf_counter() - started,
-        )
+        WorkerReady(worker_id, slot.label, session.device, visible, os.getpid(), session.load_s)
     )
     while True:
         idle_since = time.perf_counter()
@@ -126,17 +97,9 @@ def device_worker_main(
         batch_id, images = job
         started = time.perf_counter()
         try:
-            fault = injected_fault("batch")
-            recognitions = recognizer.recognize(
-                images,
-                prompt=options.prompt,
-                max_new_tokens=options.max_new_tokens,
-                repetition_guard=options.repetition_guard,
-            )
-            if fault == "short":
-                recognitions = recognitions[:-1]
+            recognitions = session.recognize_batch(images)
         except Exception as exc:  # one bad batch must not take the device down
-            results.put(BatchFailed(worker_id, batch_id, _describe(exc)))
+            results.put(BatchFailed(worker_id, batch_id, describe_error(exc)))
             continue
         results.put(
             BatchDone(

@@ -24,9 +24,9 @@ from pipeline.runner.device_worker import (
     BatchFailed,
     DeviceWorker,
     WorkerFailed,
-    WorkerOptions,
     WorkerReady,
 )
+from pipeline.runner.model_session import WorkerOptions
 from pipeline.runner.pool_events import (
     BatchLost,
     BatchResult,

@@ -1,0 +1,67 @@
+"""The model inside a worker: loaded once for one device, then batches of page images in and
+`Recognition`s out. A local worker process and a cluster actor both hold one, so a page is
+recognised the same way wherever it runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from pipeline.records import Recognition
+from pipeline.runner.child_process import injected_fault
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What every device worker needs to load the model and run it the same way."""
+
+    model_dir: str
+    dtype: str | None
+    impl: str
+    prompt: str
+    max_new_tokens: int
+    repetition_guard: bool
+    torch_threads: int | None = None
+
+
+class ModelSession:
+    def __init__(self, recognizer: Any, options: WorkerOptions, load_s: float) -> None:
+        self.recognizer = recognizer
+        self.options = options
+        self.load_s = load_s
+
+    @classmethod
+    def load(cls, options: WorkerOptions, torch_device: str) -> ModelSession:
+        """Load the model on `torch_device` (the worker is already pinned to its device)."""
+        started = time.perf_counter()
+        import torch
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        from pipeline.recognition import load_recognizer
+
+        injected_fault("load")
+        recognizer = load_recognizer(
+            options.model_dir, device=torch_device, dtype=options.dtype, impl=options.impl
+        )
+        return cls(recognizer, options, time.perf_counter() - started)
+
+    @property
+    def device(self) -> str:
+        return str(self.recognizer.device)
+
+    def recognize_batch(self, images: list[Image.Image]) -> list[Recognition]:
+        """One batch, one `Recognition` per image, in order."""
+        fault = injected_fault("batch")
+        recognitions = self.recognizer.recognize(
+            images,
+            prompt=self.options.prompt,
+            max_new_tokens=self.options.max_new_tokens,
+            repetition_guard=self.options.repetition_guard,
+        )
+        if fault == "short":  # FAULT INJECTION (tests): an answer one page short
+            recognitions = recognitions[:-1]
+        return recognitions
