@@ -13,8 +13,9 @@ The implementations are imported when one is loaded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.compat.remote_folder import read_config_json
 from pipeline.errors import BadArguments, CheckpointError
@@ -23,12 +24,51 @@ from pipeline.model.config import AnandaSkyConfig
 from pipeline.model.native_layout import native_layout_problem
 
 if TYPE_CHECKING:
-    from pipeline.compat.remote_recognizer import RemoteRecognizer
-    from pipeline.model.recognizer import Recognizer
+    from PIL import Image
+
+    from pipeline.records import Recognition
 
 log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("auto", "native", "remote")
+
+
+class PageRecognizer(Protocol):
+    """What `load_recognizer` returns, native `Recognizer` or `RemoteRecognizer` alike: the
+    calls a device worker, `verify` and `infer` make (tests/test_remote_interface.py checks
+    both classes take them with the same signatures)."""
+
+    device: str
+    dtype: str
+    model_name: str
+    model_checksum: str
+    num_parameters: int
+    max_image_pixels: int
+
+    def image_token_count(self, width: int, height: int) -> int: ...
+
+    def recognize(
+        self,
+        images: list[Image.Image],
+        *,
+        prompt: str = ...,
+        max_new_tokens: int | Sequence[int] = ...,
+        repetition_guard: Any = ...,
+        max_batch: int | None = ...,
+        token_budget: int | None = ...,
+        schedule: str = ...,
+    ) -> list[Recognition]: ...
+
+    def recognize_stream(
+        self,
+        feed: Any,
+        *,
+        prompt: str = ...,
+        max_new_tokens: int = ...,
+        repetition_guard: Any = ...,
+        max_batch: int = ...,
+        token_budget: int | None = ...,
+    ) -> Iterator[tuple[Hashable, Recognition]]: ...
 
 
 def choose_impl(model_dir: str | Path) -> str:
@@ -58,7 +98,7 @@ def load_recognizer(
     device: str = "auto",
     dtype: str | None = None,
     impl: str = "native",
-) -> Recognizer | RemoteRecognizer:
+) -> PageRecognizer:
     """Load a local weights folder onto one device. Never reaches for a model hub.
 
     `impl`: native (this package's model), remote (the folder's own trust_remote_code model,

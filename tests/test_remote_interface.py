@@ -7,6 +7,7 @@ for every call shape a worker uses (`max_batch`, `token_budget`, per-page limits
 
 from __future__ import annotations
 
+import inspect
 import queue
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pipeline.compat.remote_recognizer import RemoteRecognizer
 from pipeline.errors import BadArguments
 from pipeline.model.feeds import JobFeed
 from pipeline.model.generation import STOP_MAX_TOKENS
-from pipeline.recognition import load_recognizer
+from pipeline.recognition import PageRecognizer, load_recognizer
 
 pytestmark = [pytest.mark.compat, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -45,6 +46,21 @@ def pages(count: int) -> list[Image.Image]:
 
 def texts(recognitions) -> list[tuple[str, str]]:
     return [(r.text, r.stop_reason) for r in recognitions]
+
+
+def test_both_implementations_take_the_calls_the_loader_promises(remote, native) -> None:
+    """Same names, parameters and defaults as `pipeline.recognition.PageRecognizer` states."""
+    methods = {name for name in vars(PageRecognizer) if not name.startswith("_")}
+    promised = methods | set(PageRecognizer.__annotations__)
+    assert {"recognize", "recognize_stream", "max_image_pixels"} <= promised
+    for name in promised:
+        assert hasattr(remote, name) and hasattr(native, name), name
+    for name in ("recognize", "recognize_stream", "image_token_count"):
+        assert inspect.signature(getattr(remote, name)) == inspect.signature(
+            getattr(native, name)
+        ), name
+        promised_params = list(inspect.signature(getattr(PageRecognizer, name)).parameters)[1:]
+        assert list(inspect.signature(getattr(native, name)).parameters) == promised_params
 
 
 def test_max_batch_and_per_page_limits_give_what_native_gives(remote, native) -> None:
