@@ -176,3 +176,18 @@ def test_single_image_over_the_pixel_limit_is_refused(tmp_path: Path) -> None:
 def test_bad_settings_are_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(BadArguments):
         IngestSettings(**kwargs)
+
+
+@pytest.mark.parametrize("resolutions", [1, 2, 6])
+def test_a_jpeg2000_with_few_resolution_levels_still_loads_under_the_pixel_budget(
+    tmp_path: Path, resolutions: int
+) -> None:
+    # A budget 64x below the page asks for three halvings; a codestream with fewer resolution
+    # levels must give what it has, not fail the page as corrupt.
+    path = tmp_path / "scan.jp2"
+    Image.new("RGB", (1600, 1200), (230, 220, 200)).save(
+        path, "JPEG2000", num_resolutions=resolutions
+    )
+    image = load_page(path, 0, IngestSettings(), max_pixels=1600 * 1200 // 64)
+    assert image.width * image.height <= 1600 * 1200 // 64
+    assert image.getpixel((10, 10)) == (230, 220, 200)

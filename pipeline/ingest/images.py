@@ -238,7 +238,24 @@ def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
         # draft() never goes below the size asked for; the exact fit happens afterwards.
         image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
     elif image.format == "JPEG2000":
-        image.reduce = max(0, math.floor(math.log2(1 / scale)))
+        wanted = max(0, math.floor(math.log2(1 / scale)))
+        # Asking for more halvings than the codestream has resolution levels fails the decode.
+        image.reduce = min(wanted, _jpeg2000_levels(image))
+
+
+def _jpeg2000_levels(image: Image.Image) -> int:
+    """Decomposition levels from the codestream's COD marker (0: none found, never reduce)."""
+    try:
+        position = image.fp.tell()
+        image.fp.seek(0)
+        head = image.fp.read(1 << 16)
+        image.fp.seek(position)
+    except (AttributeError, OSError, ValueError):
+        return 0
+    start = head.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: the codestream, in .jp2 or .j2k
+    cod = head.find(b"\xff\x52", start) if start >= 0 else -1
+    # COD: marker, Lcod (2), Scod, progression order, layers (2), MCT, then the levels.
+    return head[cod + 9] if cod >= 0 and cod + 9 < len(head) else 0
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
