@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExitCode
-from pipeline.runner.child_process import FAULT_VARIABLE, prepare_child_process
+from pipeline.faults import FAULT_VARIABLE
+from pipeline.runner.child_process import prepare_child_process
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExitCode
-from pipeline.runner.child_process import FAULT_VARIABLE
+from pipeline.faults import FAULT_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 20_000

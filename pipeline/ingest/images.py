@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import DocumentError, InputError, PageError
-from pipeline.runner.child_process import injected_fault
+from pipeline.faults import injected_fault
 
 WHITE = (255, 255, 255)
 _TIFF_NEW_SUBFILE_TYPE = 254

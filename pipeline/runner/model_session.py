@@ -10,8 +10,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.faults import injected_fault
 from pipeline.records import Recognition
-from pipeline.runner.child_process import injected_fault
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,37 @@ class ModelSession:
     def device(self) -> str:
         return str(self.recognizer.device)
 
-    def recognize_batch(self, images: list[Image.Image]) -> list[Recognition]:
-        """One batch, one `Recognition` per image, in order."""
+    def recognize_batch(self, items: list[Image.Image | list[Image.Image]]) -> list[Recognition]:
+        """One batch, one page-level `Recognition` per item, in order.
+
+        An item is a page image, or (`--layout lines`) the list of a page's line crops in
+        reading order: every crop of every page of the batch goes to the model as one sequence
+        of the same call, so many short lines share the device, and each page's result carries
+        its lines' recognitions (`Recognition.lines`).
+        """
         fault = injected_fault("batch")
-        recognitions = self.recognizer.recognize(
-            images,
-            prompt=self.options.prompt,
-            max_new_tokens=self.options.max_new_tokens,
-            repetition_guard=self.options.repetition_guard,
+        images: list[Image.Image] = []
+        for item in items:
+            images.extend(item if isinstance(item, list) else [item])
+        flat = (
+            self.recognizer.recognize(
+                images,
+                prompt=self.options.prompt,
+                max_new_tokens=self.options.max_new_tokens,
+                repetition_guard=self.options.repetition_guard,
+            )
+            if images
+            else []
         )
+        recognitions: list[Recognition] = []
+        taken = 0
+        for item in items:
+            if isinstance(item, list):
+                recognitions.append(Recognition.of_lines(flat[taken : taken + len(item)]))
+                taken += len(item)
+            else:
+                recognitions.append(flat[taken])
+                taken += 1
         if fault == "short":  # FAULT INJECTION (tests): an answer one page short
             recognitions = recognitions[:-1]
         return recognitions
