@@ -24,6 +24,7 @@ SCRIPTS = (
     "resume_cost",
     "memory",
     "export_pdf",
+    "coordinator_memory",
 )
 ENVELOPE = {
     "benchmark",
