@@ -41,6 +41,22 @@ class Rasterizer(str, Enum):
     poppler = "poppler"
 
 
+class Layout(str, Enum):
+    page = "page"
+    lines = "lines"
+
+
+class ReadingOrder(str, Enum):
+    auto = "auto"
+    horizontal = "horizontal"
+    vertical_rl = "vertical-rl"
+
+
+class Detector(str, Enum):
+    rapidocr = "rapidocr"
+    none = "none"
+
+
 class Impl(str, Enum):
     auto = "auto"
     native = "native"
@@ -157,6 +173,24 @@ def run(
         bool,
         typer.Option(help="Forget documents whose input file is gone, with their outputs."),
     ] = False,
+    layout: Annotated[
+        Layout,
+        typer.Option(
+            help="page: recognise whole pages (the detected text area gives block coordinates); "
+            "lines: recognise each detected line (every line gets its position)."
+        ),
+    ] = Layout.page,
+    reading_order: Annotated[
+        ReadingOrder,
+        typer.Option(help="Order of the detected lines; auto decides per page."),
+    ] = ReadingOrder.auto,
+    detector: Annotated[
+        Detector,
+        typer.Option(help="Text-line detector; none: no coordinates (page layout only)."),
+    ] = Detector.rapidocr,
+    detector_max_side: Annotated[
+        int, typer.Option(help="Long side (pixels) of the image the line detector sees.")
+    ] = 1536,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
@@ -192,6 +226,10 @@ def run(
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         prune=prune,
+        layout=layout.value,
+        reading_order=reading_order.value,
+        detector=detector.value,
+        detector_max_side=detector_max_side,
     )
     return run_collection(settings)
 

@@ -1,9 +1,10 @@
 """ALTO 4.4 for one recognised page.
 
-The model returns text without geometry, so the ALTO carries structure and confidence only:
-TextBlocks (paragraphs separated by blank lines), TextLines, Strings (words) and SPs. The schema
-makes every position attribute optional, so none is written; the Page keeps the true pixel size
-of the image that was recognised. Scripts written without spaces (CJK, kana, Thai...) get one
+The model returns text without geometry: positions come from the detected layout, where there
+is one (alto_layout.py says what each `--layout` gives); without it the ALTO carries structure and
+confidence only: TextBlocks (paragraphs separated by blank lines), TextLines, Strings (words) and
+SPs, with no position attribute (all are optional). The Page keeps the true pixel size of the
+image that was recognised. Scripts written without spaces (CJK, kana, Thai...) get one
 String per character with no SP between them, so reading the ALTO back invents no spaces.
 
 `normalize_text` defines the exact text a page holds: the TXT file is it, and `alto_to_text`
@@ -20,11 +21,20 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.names import escape_relpath
+from pipeline.outputs.alto_layout import (
+    Segments,
+    box_attrs,
+    lines_mode,
+    points,
+    string_boxes,
+    words_text,
+)
 from pipeline.records import Recognition
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
@@ -76,6 +86,7 @@ class PageMeta:
     prompt: str
     software_version: str = __version__
     processing_datetime: datetime | None = None
+    layout: Any = None  # pipeline.layout.PageLayout of the page, in its pixels, or None
 
 
 @dataclass(frozen=True)
@@ -271,11 +282,19 @@ def build_alto(rec: Recognition, meta: PageMeta) -> bytes:
     page_attrs.update(WIDTH=str(meta.width), HEIGHT=str(meta.height))
     if (pc := page_confidence(rec)) is not None:
         page_attrs["PC"] = str(pc)
-    space = _sub(_sub(_sub(root, "Layout"), "Page", **page_attrs), "PrintSpace", ID=f"p{n}_ps")
+    layout = meta.layout
+    area = box_attrs(layout.text_area) if layout is not None and layout.text_area else {}
+    page_el = _sub(_sub(root, "Layout"), "Page", **page_attrs)
+    space = _sub(page_el, "PrintSpace", ID=f"p{n}_ps", **area)
+    if lines_mode(rec, layout):
+        write_lines_blocks(space, rec, layout, n)
+        return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)
     tokens = _TokenIndex(rec)
     n_line = n_string = 0
-    for b, block in enumerate(_layout(rec.text), start=1):
-        block_el = _sub(space, "TextBlock", ID=f"p{n}_b{b}")
+    blocks = _layout(rec.text)
+    for b, block in enumerate(blocks, start=1):
+        # the text area is the block's only when the page's text is one block
+        block_el = _sub(space, "TextBlock", ID=f"p{n}_b{b}", **(area if len(blocks) == 1 else {}))
         for line in block:
             n_line += 1
             line_el = _sub(block_el, "TextLine", ID=f"p{n}_l{n_line}")
@@ -289,6 +308,64 @@ def build_alto(rec: Recognition, meta: PageMeta) -> bytes:
                         attrs["WC"] = str(wc)
                     _sub(line_el, "String", **attrs)
     return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)
+
+
+# ---- line by line (`--layout lines`) -------------------------------------------------
+
+
+def line_words(text: str) -> list[Segments]:
+    """The words of one line's text, each a list of Strings (spans into `text`); a line crop
+    read as several lines is flattened into one line."""
+    return [
+        [(seg.content, seg.start, seg.end) for seg in word]
+        for block in _layout(text)
+        for line in block
+        for word in line
+    ]
+
+
+def lines_text(rec: Recognition, layout: Any) -> str:
+    """The page text of a line-by-line recognition: its regions in reading order, one blank line
+    between regions, one line per detected line that got text (the TXT file's content)."""
+    blocks = []
+    for region in layout.regions:
+        texts = [words_text(line_words(rec.lines[i].text)) for i in region.lines]
+        if texts := [text for text in texts if text]:
+            blocks.append("\n".join(texts))
+    return "\n\n".join(blocks)
+
+
+def write_lines_blocks(space: etree._Element, rec: Recognition, layout: Any, n: int) -> None:
+    """TextBlocks per region, TextLines per detected line with text, positioned (alto_layout)."""
+    n_line = n_string = 0
+    for b, region in enumerate(layout.regions, start=1):
+        block_el = None
+        for i in region.lines:
+            line, line_rec = layout.lines[i], rec.lines[i]
+            words = line_words(line_rec.text)
+            n_line += 1
+            if not words:
+                continue  # nothing read: no TextLine (and no line in the TXT)
+            if block_el is None:
+                block_el = _sub(space, "TextBlock", ID=f"p{n}_b{b}", **box_attrs(region.bbox))
+            attrs = {"ID": f"p{n}_l{n_line}", **box_attrs(line.bbox)}
+            if line.baseline:
+                attrs["BASELINE"] = points(line.baseline)
+            if line.vertical:
+                attrs["BASEDIRECTION"] = "ttb"
+            line_el = _sub(block_el, "TextLine", **attrs)
+            _sub(_sub(line_el, "Shape"), "Polygon", POINTS=points(line.polygon))
+            tokens = _TokenIndex(line_rec)
+            boxes = string_boxes(line.bbox, words, line.vertical)
+            for w, (word, word_boxes) in enumerate(zip(words, boxes, strict=True)):
+                if w:
+                    _sub(line_el, "SP")
+                for (content, start, end), position in zip(word, word_boxes, strict=True):
+                    n_string += 1
+                    s_attrs = {"ID": f"p{n}_s{n_string}", "CONTENT": content, **position}
+                    if (wc := tokens.confidence(start, end)) is not None:
+                        s_attrs["WC"] = str(wc)
+                    _sub(line_el, "String", **s_attrs)
 
 
 # ---- reading ----------------------------------------------------------------------------

@@ -18,9 +18,11 @@ import secrets
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pipeline.names import escape_component
-from pipeline.outputs.alto import PageMeta, build_alto, normalize_text
+from pipeline.outputs.alto import PageMeta, build_alto, lines_text, normalize_text
+from pipeline.outputs.alto_layout import lines_mode
 from pipeline.records import Recognition
 
 __all__ = ["escape_component"]  # defined in .names, which alto.py can import without a cycle
@@ -130,8 +132,11 @@ def remove_document_outputs(out_dir: Path, relpath: str) -> bool:
     return True
 
 
-def page_text(recognition: Recognition) -> bytes:
-    """The TXT file's bytes: the normalised text and a final newline, UTF-8."""
+def page_text(recognition: Recognition, layout: Any = None) -> bytes:
+    """The TXT file's bytes: the normalised text and a final newline, UTF-8; a page read line by
+    line holds its lines' texts in reading order, exactly as its ALTO reads back."""
+    if lines_mode(recognition, layout):
+        return (lines_text(recognition, layout) + "\n").encode("utf-8")
     return (normalize_text(recognition.text) + "\n").encode("utf-8")
 
 
@@ -151,7 +156,10 @@ def write_page_outputs(
         raise ValueError(f"page_meta is for page {page_meta.page_number}, not {page_number}")
     paths = page_output_paths(out_dir, relpath, page_number, formats)
     for fmt, path in paths.items():
-        data = build_alto(recognition, page_meta) if fmt == "alto" else page_text(recognition)
+        if fmt == "alto":
+            data = build_alto(recognition, page_meta)
+        else:
+            data = page_text(recognition, page_meta.layout)
         write_atomic(path, data)
     return list(paths.values())
 

@@ -19,9 +19,33 @@ class ReadyPage:
     image: Image.Image
     load_s: float
     solo: bool = False
+    layout: Any = None  # pipeline.layout.PageLayout: the page's detected lines, or None
+    crops: tuple[Image.Image, ...] | None = None  # `--layout lines`: what the model reads
+    detect_s: float = 0.0
+    layout_error: str | None = None
+
+    @classmethod
+    def of(cls, task: Any, loaded: Any) -> ReadyPage:
+        """From a loader's LoadedImage (pipeline.ingest.page_loading)."""
+        return cls(
+            task,
+            loaded.image,
+            loaded.load_s,
+            layout=loaded.layout,
+            crops=loaded.crops,
+            detect_s=loaded.detect_s,
+            layout_error=loaded.layout_error,
+        )
+
+    @property
+    def model_input(self) -> Image.Image | list[Image.Image]:
+        """A batch item for ModelSession.recognize_batch: the page, or its lines' crops."""
+        return self.image if self.crops is None else list(self.crops)
 
     @property
     def pixels(self) -> int:
+        if self.crops is not None:
+            return sum(crop.width * crop.height for crop in self.crops)
         return self.image.width * self.image.height
 
 

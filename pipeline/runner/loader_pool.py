@@ -13,7 +13,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from pipeline.ingest.documents import IngestSettings
-from pipeline.ingest.page_loading import LoadedImage, LoadFailure, load_page_image
+from pipeline.ingest.page_loading import (
+    LayoutRequest,
+    LoadedImage,
+    LoadFailure,
+    load_page_image,
+)
 from pipeline.ingest.source_changes import SourceChanged, registered_of
 from pipeline.jobs.records import PageTask
 from pipeline.runner.child_process import prepare_child_process
@@ -30,11 +35,13 @@ class LoaderPool:
         ingest: IngestSettings,
         max_pixels: int | None,
         on_done: Callable[[], None] = lambda: None,
+        layout: LayoutRequest | None = None,
     ) -> None:
         self.processes = processes
         self.ingest = ingest
         self.max_pixels = max_pixels
         self.on_done = on_done  # wakes the scheduler when a page is ready
+        self.layout = layout  # line detection (and line crops) after loading, or None
         self.ctx = mp.get_context("spawn")
         self.executor = self.new_executor()
         self._loading: dict[Future, PageTask] = {}
@@ -58,6 +65,7 @@ class LoaderPool:
             self.ingest,
             self.max_pixels,
             registered_of(task),
+            self.layout,
         )
         future.add_done_callback(lambda _future: self.on_done())
         self._loading[future] = task

@@ -91,6 +91,7 @@ class StageTimes:
     load_s: float = 0.0
     write_s: float = 0.0
     store_s: float = 0.0
+    detect_s: float = 0.0  # line detection, in the loader processes after loading
 
 
 @dataclass
@@ -162,7 +163,8 @@ class RunProgress:
             model_s = sum(stats.busy_s for stats in self.devices.values())
             lines.append(
                 f"  stages: model {model_s:.1f} s on the devices; page loading {stages.load_s:.1f} s "
-                f"(loader processes, ahead of the devices); writing outputs {stages.write_s:.1f} s; "
+                f"(loader processes, ahead of the devices); line detection {stages.detect_s:.1f} s "
+                f"(loader processes); writing outputs {stages.write_s:.1f} s; "
                 f"job store {stages.store_s:.1f} s"
             )
         return lines

@@ -91,13 +91,22 @@ class ResultWriter:
             prompt=self.model.prompt,
             software_version=pipeline.__version__,
             processing_datetime=datetime.now(timezone.utc).replace(microsecond=0),
+            layout=page.layout,
         )
+        if page.layout_error:
+            log.warning(
+                "%s page %d: %s; recognised without line positions",
+                task.relpath,
+                task.page_index + 1,
+                page.layout_error,
+            )
         write_page_outputs(
             self.out_dir, task.relpath, task.page_index + 1, recognition, meta, formats=self.formats
         )
         written = time.perf_counter()
         timings = {
             "load_s": round(page.load_s, 4),
+            "detect_s": round(page.detect_s, 4),
             "infer_s": round(infer_s, 4),
             "write_s": round(written - started, 4),
             "batch_size": batch,
@@ -111,6 +120,7 @@ class ResultWriter:
             stop_reason=recognition.stop_reason,
         )
         self.stages.load_s += page.load_s
+        self.stages.detect_s += page.detect_s
         self.stages.write_s += written - started
         self.stages.store_s += time.perf_counter() - written
         if recognition.stop_reason == "repetition":

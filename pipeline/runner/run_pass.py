@@ -60,6 +60,7 @@ def run_pass(
         settings.ingest,
         image_pixel_budget(settings.model_dir, settings.impl),
         on_done=workers.wake,
+        layout=settings.layout_request,
     )
     progress: RunProgress | None = None
     stop = StopControl()

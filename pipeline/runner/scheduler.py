@@ -104,7 +104,7 @@ class Scheduler:
                 else:
                     self.progress.page_failed()
             else:
-                self.ready.add(ReadyPage(task, result.image, result.load_s))
+                self.ready.add(ReadyPage.of(task, result))
 
     def _dispatch(self, remaining: int) -> None:
         live = self.workers.live_count() or 1

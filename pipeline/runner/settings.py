@@ -14,11 +14,16 @@ from pathlib import Path
 
 from pipeline.errors import CheckpointError
 from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.page_loading import LayoutRequest
 from pipeline.ingest.selection import InputFilter
+from pipeline.layout.detector import DetectorSettings
+from pipeline.layout.geometry import READING_ORDERS
 from pipeline.model.checkpoint import locate
 from pipeline.model.config import AnandaSkyConfig, canonical_dtype
 
 OUTPUT_FORMATS = ("alto", "txt")
+LAYOUTS = ("page", "lines")  # recognise whole pages, or each detected line's crop
+DETECTORS = ("rapidocr", "none")  # none: no line detection (page mode only; no coordinates)
 # Not stored: a password has no business on disk, and `resume` asks for it again.
 # `--prune` acts once: a resumed run must not delete outputs the user did not ask it to.
 _NOT_STORED = ("pdf_password", "quiet", "new_config", "recover_store", "prune")
@@ -52,6 +57,10 @@ class RunSettings:
     quiet: bool = False
     new_config: bool = False
     recover_store: bool = False  # move a damaged job store aside and rebuild it
+    layout: str = "page"
+    reading_order: str = "auto"
+    detector: str = "rapidocr"
+    detector_max_side: int = DetectorSettings.max_side
 
     def __post_init__(self) -> None:
         from pipeline.errors import BadArguments
@@ -70,6 +79,33 @@ class RunSettings:
             raise BadArguments("--batch-timeout must be 0 (automatic) or more seconds")
         if self.rasterizer not in ("pdfium", "poppler"):
             raise BadArguments(f"--rasterizer {self.rasterizer}: use pdfium or poppler")
+        self._check_layout(BadArguments)
+
+    def _check_layout(self, error: type[Exception]) -> None:
+        if self.layout not in LAYOUTS:
+            raise error(f"--layout {self.layout}: use {' or '.join(LAYOUTS)}")
+        if self.reading_order not in READING_ORDERS:
+            raise error(f"--reading-order {self.reading_order}: use {', '.join(READING_ORDERS)}")
+        if self.detector not in DETECTORS:
+            raise error(f"--detector {self.detector}: use {' or '.join(DETECTORS)}")
+        if self.layout == "lines" and self.detector == "none":
+            raise error("--layout lines needs a line detector: leave out --detector none")
+        if self.detector_max_side < 64:
+            raise error("--detector-max-side must be at least 64 pixels")
+
+    @property
+    def layout_request(self) -> LayoutRequest | None:
+        """What the page loaders do after loading: detect lines, and cut them for `lines`."""
+        if (detector := self.detector_settings) is None:
+            return None
+        return LayoutRequest(detector, self.reading_order, crops=self.layout == "lines")
+
+    @property
+    def detector_settings(self) -> DetectorSettings | None:
+        """The line detector's settings, or None when the run detects no lines."""
+        if self.detector == "none":
+            return None
+        return DetectorSettings(max_side=self.detector_max_side)
 
     @property
     def ingest(self) -> IngestSettings:
@@ -139,6 +175,10 @@ class RunSettings:
             "rasterizer": self.rasterizer,
             "max_new_tokens": self.max_new_tokens,
             "repetition_guard": self.repetition_guard,
+            # the lines found and how they are read (and, in `lines`, what the model sees)
+            "layout": self.layout,
+            "reading_order": self.reading_order,
+            "detector": settings.fingerprint() if (settings := self.detector_settings) else "none",
         }
 
     def to_stored(self) -> dict:

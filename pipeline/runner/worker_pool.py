@@ -124,7 +124,7 @@ class LocalWorkerPool(WorkerPool):
 
     def send(self, worker: WorkerView, pages: list[ReadyPage]) -> None:
         self._next_batch += 1
-        self.workers[worker.key].send(self._next_batch, pages, [page.image for page in pages])
+        self.workers[worker.key].send(self._next_batch, pages, [page.model_input for page in pages])
 
     def wake(self) -> None:
         self.results.put(None)
