@@ -2,7 +2,9 @@
 
 Only what is known goes into `title`: `bbox 0 0 W H` on a page whose image size the ALTO gives
 (the hOCR page box is the page size), `x_wconf` (0-100, the ALTO WC as a percentage) on words
-that have one; no element below the page gets a bbox, because the model gives no positions.
+that have one, and `bbox` on areas, lines and words where the ALTO gives their position (line
+detection; word boxes are estimates spread along the line); vertical lines (ALTO BASEDIRECTION
+ttb) carry `textangle 90`. Nothing gets a bbox the ALTO does not give.
 `image` names the source file as the run read it and `ppageno` the page's 0-based position in
 it, as hOCR counts physical pages. Spaces between words exist only where the ALTO has an SP,
 so the text of each ocr_line is exactly the transcribed line (CJK included).
@@ -21,6 +23,7 @@ from lxml import etree
 from pipeline import SOFTWARE_NAME, __version__
 from pipeline.outputs.alto import xml_safe_text as xml_text
 
+from .geometry import Box
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage, Line, PageContent
 
@@ -56,18 +59,28 @@ def _page_title(doc: ExportDocument, page: ExportPage) -> str:
     return "; ".join(props)
 
 
-def _line(par, line_id: str, line: Line, word_ids: Iterator[str]) -> None:
-    line_el = _el(par, "span", **{"class": "ocr_line", "id": line_id})
+def _bbox(box: Box) -> str:
+    return "bbox {} {} {} {}".format(*box)
+
+
+def _line(par, line_id: str, line: Line, word_ids: Iterator[str], where=None, boxes=()) -> None:
+    attrs = {"class": "ocr_line", "id": line_id}
+    if where is not None and where.box:
+        attrs["title"] = _bbox(where.box) + ("; textangle 90" if where.vertical else "")
+    line_el = _el(par, "span", **attrs)
     previous = None
-    for word in line:
+    for w, word in enumerate(line):
         if word.space_before:
             if previous is None:
                 line_el.text = (line_el.text or "") + " "
             else:
                 previous.tail = (previous.tail or "") + " "
         attrs = {"class": "ocrx_word", "id": next(word_ids)}
+        props = [_bbox(boxes[w])] if w < len(boxes) and boxes[w] else []
         if word.confidence is not None:
-            attrs["title"] = f"x_wconf {round(word.confidence * 100)}"
+            props.append(f"x_wconf {round(word.confidence * 100)}")
+        if props:
+            attrs["title"] = "; ".join(props)
         previous = _el(line_el, "span", tail=None, **attrs)
         previous.text = word.content
 
@@ -75,13 +88,20 @@ def _line(par, line_id: str, line: Line, word_ids: Iterator[str]) -> None:
 def _content(page_el, number: int, content: PageContent) -> None:
     line_ids = (f"line_{number}_{i}" for i in itertools.count(1))
     word_ids = (f"word_{number}_{i}" for i in itertools.count(1))
+    geometry = content.geometry
     for b, block in enumerate(content.blocks, start=1):
-        area = _el(page_el, "div", **{"class": "ocr_carea", "id": f"block_{number}_{b}"})
+        box = geometry.blocks[b - 1] if geometry else None
+        where = {"title": _bbox(box)} if box else {}
+        area = _el(page_el, "div", **{"class": "ocr_carea", "id": f"block_{number}_{b}"}, **where)
         area.text = "\n"
-        par = _el(area, "p", **{"class": "ocr_par", "id": f"par_{number}_{b}"})
+        par = _el(area, "p", **{"class": "ocr_par", "id": f"par_{number}_{b}"}, **where)
         par.text = "\n"
-        for line in block:
-            _line(par, next(line_ids), line, word_ids)
+        for i, line in enumerate(block):
+            if geometry:
+                lg, boxes = geometry.lines[b - 1][i], geometry.words[b - 1][i]
+                _line(par, next(line_ids), line, word_ids, lg, boxes)
+            else:
+                _line(par, next(line_ids), line, word_ids)
 
 
 def build_hocr(doc: ExportDocument, pages: list[ExportPage]) -> bytes:

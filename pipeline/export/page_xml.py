@@ -1,9 +1,11 @@
 """PAGE XML 2019-07-15 per page: TextRegion (paragraph) / TextLine / Word with TextEquiv.
 
-The model reads a whole page and returns text without positions, but PAGE requires a Coords
-polygon on every region, line and word. Each one gets the full page extent,
+PAGE requires a Coords polygon on every region, line and word. Where the run's ALTO gives
+positions (line detection) they are used: region boxes, line polygons, Baselines, and word boxes
+(estimates interpolated along the line; vertical columns get readingDirection top-to-bottom and
+textLineOrder right-to-left). Anything without a known position gets the full page extent,
 `0,0 W-1,0 W-1,H-1 0,H-1`: true (the element lies within it) and recognisably "no geometry",
-never a made-up box. `Metadata/Comments` says so in the file itself.
+never a made-up box. `Metadata/Comments` says which case the file is.
 
 `imageFilename` is the source file as the run read it; for a PDF or multi-page TIFF the page's
 position in it (1-based) is a `MetadataItem type="imageProperties" name="page"`. Words carry
@@ -20,6 +22,7 @@ from pipeline import SOFTWARE_NAME, __version__
 from pipeline.outputs.alto import XSI_NS
 from pipeline.outputs.alto import xml_safe_text as xml_text
 
+from .geometry import LineGeometry, box_points, points_text
 from .options import ExportOptions
 from .pages import ExportDocument, ExportPage, PageContent, line_text
 
@@ -27,6 +30,11 @@ PAGE_NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
 SCHEMA_LOCATION = f"{PAGE_NS} {PAGE_NS}/pagecontent.xsd"
 FOLDER = "page"
 MIMETYPE = "application/vnd.prima.page+xml"
+WITH_GEOMETRY = (
+    "Region and line Coords and Baselines are the detected positions of the lines; word Coords "
+    "are estimates spread along the line by character counts; an element whose Coords is the "
+    "full page extent has no known position."
+)
 NO_GEOMETRY = (
     "Transcribed by a model that reads whole pages and gives no positions: every Coords is "
     "the full page extent, not the location of a region, line or word."
@@ -50,6 +58,18 @@ def _text_equiv(parent, text: str, conf: float | None = None) -> None:
     _sub(_sub(parent, "TextEquiv", **attrs), "Unicode", text)
 
 
+def _line_coords(line_el, where: LineGeometry | None, page_points: str) -> None:
+    """Coords (the detected polygon, else the line's box, else the page) and Baseline."""
+    if where is not None and where.polygon:
+        _sub(line_el, "Coords", points=points_text(where.polygon))
+    elif where is not None and where.box:
+        _sub(line_el, "Coords", points=box_points(where.box))
+    else:
+        _sub(line_el, "Coords", points=page_points)
+    if where is not None and where.baseline:
+        _sub(line_el, "Baseline", points=points_text(where.baseline))
+
+
 def build_page(doc: ExportDocument, page: ExportPage, content: PageContent) -> bytes:
     """Serialise one page; `content` must come from an ALTO (it has the image size)."""
     width, height = content.width or 0, content.height or 0
@@ -62,7 +82,8 @@ def build_page(doc: ExportDocument, page: ExportPage, content: PageContent) -> b
     _sub(meta, "Creator", f"{SOFTWARE_NAME} {__version__}")
     _sub(meta, "Created", content.processed_at or _EPOCH)
     _sub(meta, "LastChange", content.processed_at or _EPOCH)
-    _sub(meta, "Comments", NO_GEOMETRY)
+    geometry = content.geometry
+    _sub(meta, "Comments", WITH_GEOMETRY if geometry is not None else NO_GEOMETRY)
     _sub(meta, "MetadataItem", type="imageProperties", name="page", value=str(n))
     attrs = {"imageFilename": xml_text(doc.path), "imageWidth": str(width)}
     attrs["imageHeight"] = str(height)
@@ -74,15 +95,22 @@ def build_page(doc: ExportDocument, page: ExportPage, content: PageContent) -> b
         for b in range(1, len(content.blocks) + 1):
             _sub(group, "RegionRefIndexed", index=str(b - 1), regionRef=f"p{n}_r{b}")
     for b, block in enumerate(content.blocks, start=1):
-        region = _sub(page_el, "TextRegion", id=f"p{n}_r{b}", type="paragraph")
-        _sub(region, "Coords", points=points)
+        lines = geometry.lines[b - 1] if geometry else ()
+        attrs = {"id": f"p{n}_r{b}", "type": "paragraph"}
+        if lines and all(line.vertical for line in lines):
+            attrs.update(readingDirection="top-to-bottom", textLineOrder="right-to-left")
+        region = _sub(page_el, "TextRegion", **attrs)
+        block_box = geometry.blocks[b - 1] if geometry else None
+        _sub(region, "Coords", points=box_points(block_box) if block_box else points)
         line_texts = []
         for i, line in enumerate(block, start=1):
             line_el = _sub(region, "TextLine", id=f"p{n}_r{b}_l{i}")
-            _sub(line_el, "Coords", points=points)
+            where = lines[i - 1] if lines else None
+            _line_coords(line_el, where, points)
             for w, word in enumerate(line, start=1):
                 word_el = _sub(line_el, "Word", id=f"p{n}_r{b}_l{i}_w{w}")
-                _sub(word_el, "Coords", points=points)
+                word_box = geometry.words[b - 1][i - 1][w - 1] if geometry else None
+                _sub(word_el, "Coords", points=box_points(word_box) if word_box else points)
                 _text_equiv(word_el, word.content, word.confidence)
             text = line_text(line)
             _text_equiv(line_el, text)

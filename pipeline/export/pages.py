@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from pipeline.export.geometry import PageGeometry, read_geometry
 from pipeline.jobs.records import DocumentPages, PageState
 from pipeline.outputs.alto import ALTO_NS
 from pipeline.outputs.page_files import PAGES_DIR, output_folder, page_output_paths
@@ -50,6 +51,7 @@ class PageContent:
     confidence: float | None  # ALTO Page PC
     processed_at: str | None  # ISO 8601, from the ALTO or the store
     alto: bytes | None  # the ALTO file itself; None when the run wrote TXT only
+    geometry: PageGeometry | None = None  # positions the ALTO gives (line detection), if any
 
     @property
     def text(self) -> str:
@@ -222,6 +224,7 @@ def parse_alto(data: bytes, finished_at: str | None = None) -> PageContent:
         confidence=_float(page.get("PC")),
         processed_at=processed or finished_at,
         alto=data,
+        geometry=read_geometry(root, ns),
     )
 
 
