@@ -25,6 +25,7 @@ SCRIPTS = (
     "memory",
     "export_pdf",
     "coordinator_memory",
+    "layout_modes",
 )
 ENVELOPE = {
     "benchmark",

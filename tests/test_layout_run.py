@@ -208,3 +208,13 @@ def test_export_page_and_hocr_carry_the_geometry(lines_run, tmp_path):
         if el.get("class") == "ocr_line"
     ]
     assert titles and all(t.startswith("bbox ") for t in titles)
+
+
+def test_status_reports_time_spent_in_line_detection(lines_run):
+    _, out, _ = lines_run
+    result = cli("status", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "line detection:" in result.stdout
+    seconds = float(result.stdout.split("line detection:")[1].split()[0])
+    summary = json.loads((out / "run-summary.json").read_text())
+    assert seconds == pytest.approx(summary["this_run"]["stages"]["detect_s"], abs=0.2)

@@ -374,7 +374,11 @@ def test_summary_counts_documents_pages_and_devices(store):
     assert (summary.pages_total, summary.pages_remaining, summary.anything_failed) == (8, 3, True)
     assert summary.totals()["failed_documents"] == 1 and summary.totals()["done"] == 3
     as_json = json.loads(json.dumps(summary.to_dict()))
-    assert as_json["devices"]["npu:0"] == {"pages_done": 2, "infer_seconds": 4.0}
+    assert as_json["devices"]["npu:0"] == {
+        "pages_done": 2,
+        "infer_seconds": 4.0,
+        "detect_seconds": 0.0,
+    }
     assert as_json["failed_pages"] == [
         {"relpath": "mixed.pdf", "page": 1, "error": "bad page"},
         {"relpath": "partial.pdf", "page": 2, "error": "bad page"},

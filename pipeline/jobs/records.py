@@ -98,6 +98,7 @@ class DocumentPages:
 class DeviceStats:
     pages_done: int
     infer_seconds: float
+    detect_seconds: float = 0.0  # line detection of these pages (in the page loaders)
 
 
 @dataclass(frozen=True)

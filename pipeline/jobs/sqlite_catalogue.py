@@ -47,9 +47,10 @@ class SqliteCatalogue(SqliteBase):
                 "(SELECT doc_id FROM pages WHERE state IN ('pending', 'running'))"
             ).fetchone()[0]
             devices = {
-                dev or "?": DeviceStats(n, secs or 0.0)
-                for dev, n, secs in db.execute(
-                    "SELECT device, COUNT(*), SUM(infer_s) FROM pages WHERE state = 'done' "
+                dev or "?": DeviceStats(n, secs or 0.0, detect or 0.0)
+                for dev, n, secs, detect in db.execute(
+                    "SELECT device, COUNT(*), SUM(infer_s), "
+                    "SUM(json_extract(timings, '$.detect_s')) FROM pages WHERE state = 'done' "
                     "GROUP BY device ORDER BY device"
                 )
             }

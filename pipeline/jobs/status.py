@@ -26,6 +26,7 @@ def status_report(summary: StoreSummary) -> dict:
         }
         for device, stats in sorted(summary.devices.items())
     ]
+    report["detect_seconds"] = round(sum(s.detect_seconds for s in summary.devices.values()), 3)
     return report
 
 
@@ -42,6 +43,8 @@ def _text_lines(report: dict) -> list[str]:
             f"  {device['device']}: {device['pages']} pages"
             + (f", {rate:.2f} pages/s while computing" if rate else "")
         )
+    if report["detect_seconds"]:
+        lines.append(f"line detection: {report['detect_seconds']:.1f} s (page loaders, on CPU)")
     failed_docs, failed_pages = report["failed_documents"], report["failed_pages"]
     if failed_docs:
         lines.append(f"failed documents ({documents['failed']}):")
