@@ -22,7 +22,7 @@ from pipeline.errors import ExitCode
 from pipeline.runner.settings import RunSettings, model_code_checksum
 
 REPO = Path(__file__).resolve().parents[1]
-NEW_KEYS = ("code_checksum", "dtype", "impl")
+NEW_KEYS = ("code_checksum", "dtype", "impl", "layout", "reading_order", "detector")
 
 
 def settings(model_dir: str = "weights/m", **overrides) -> RunSettings:
