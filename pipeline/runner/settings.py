@@ -18,7 +18,7 @@ from pipeline.ingest.page_loading import LayoutRequest
 from pipeline.ingest.selection import InputFilter
 from pipeline.layout.detector import DetectorSettings
 from pipeline.layout.geometry import READING_ORDERS
-from pipeline.model.checkpoint import hash_code_files
+from pipeline.model.checkpoint import locate
 from pipeline.model.config import AnandaSkyConfig, canonical_dtype
 
 OUTPUT_FORMATS = ("alto", "txt")
@@ -54,10 +54,6 @@ class RunSettings:
     include: tuple[str, ...] = ()  # globs against the path relative to its input argument
     exclude: tuple[str, ...] = ()
     prune: bool = False  # forget documents whose source is gone, and their outputs
-    # A Ray cluster instead of this machine's devices: `auto`, `local` or host:port; and the
-    # resource each model actor requests (None: NPU, GPU or CPU after the device).
-    ray: str | None = None
-    ray_resource: str | None = None
     quiet: bool = False
     new_config: bool = False
     recover_store: bool = False  # move a damaged job store aside and rebuild it
@@ -206,5 +202,16 @@ class RunSettings:
 
 def model_code_checksum(model_dir: str | Path) -> str:
     """sha256 over the model folder's own code and settings files that the weights checksum
-    leaves out (remote-code `.py`, `.json` such as preprocessor_config.json)."""
-    return hash_code_files(hashlib.sha256(), model_dir).hexdigest()
+    leaves out: remote-code `.py` files and `.json` files such as preprocessor_config.json.
+
+    Editing a remote `modeling_*.py` changes the transcriptions as surely as new weights do.
+    """
+    hashed = {path.name for path in locate(model_dir).hashed}
+    root = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
+        if path.name in hashed or not path.is_file():
+            continue
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
