@@ -13,6 +13,8 @@ from PIL import Image
 from pipeline.faults import injected_fault
 from pipeline.records import Recognition
 
+LINE_ROWS_PER_PAGE = 4  # `--layout lines`: sequences decoded at once, per page of the batch
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -53,6 +55,15 @@ class ModelSession:
     def device(self) -> str:
         return str(self.recognizer.device)
 
+    @staticmethod
+    def _rows(items: list) -> int | None:
+        """Rows decoded at once for a batch holding line crops: `LINE_ROWS_PER_PAGE` per page of
+        the batch (a crop is a fraction of a page's image tokens; the rows refill as lines
+        finish), instead of every line of every page at once. None for whole pages, as before."""
+        if not any(isinstance(item, list) for item in items):
+            return None
+        return LINE_ROWS_PER_PAGE * len(items)
+
     def recognize_batch(self, items: list[Image.Image | list[Image.Image]]) -> list[Recognition]:
         """One batch, one page-level `Recognition` per item, in order.
 
@@ -71,6 +82,7 @@ class ModelSession:
                 prompt=self.options.prompt,
                 max_new_tokens=self.options.max_new_tokens,
                 repetition_guard=self.options.repetition_guard,
+                max_batch=self._rows(items),
             )
             if images
             else []
