@@ -108,3 +108,20 @@ def test_a_loader_whose_detector_fails_gives_the_page_without_positions(tmp_path
     assert "line detection failed" in result.layout_error
     assert result.image.width * result.image.height <= 200_000  # the model's copy, as in page mode
     assert result.image.info["anandasky_page_size"] == (826, 1169)
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_estimated_string_boxes_stay_inside_their_line_in_reading_order(vertical):
+    from pipeline.outputs.alto_layout import string_boxes
+
+    line = (800, 10, 826, 40) if not vertical else (10, 1150, 30, 1169)  # at the page's edge
+    words = [[(c * n, 0, n)] for n, c in ((1, "a"), (7, "b"), (1, "c"), (30, "d"))]
+    boxes = [b for word in string_boxes(line, words, vertical) for b in word]
+    key, size = ("VPOS", "HEIGHT") if vertical else ("HPOS", "WIDTH")
+    starts = [int(b[key]) for b in boxes]
+    ends = [int(b[key]) + int(b[size]) for b in boxes]
+    lo, hi = (line[1], line[3]) if vertical else (line[0], line[2])
+    assert starts == sorted(starts) and all(
+        lo <= s < e <= hi for s, e in zip(starts, ends, strict=True)
+    )
+    assert ends[-1] == hi  # the last String reaches the line's end

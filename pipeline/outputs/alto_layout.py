@@ -53,29 +53,22 @@ def string_boxes(
     box: tuple[int, int, int, int], words: list[Segments], vertical: bool
 ) -> list[list[dict[str, str]]]:
     """Estimated boxes of a line's Strings: the line's length shared by character counts
-    (a space between words counts as one character)."""
+    (a space between words counts as one character), in whole pixels inside the line."""
     total = max(1, len(words_text(words)))
     left, top, right, bottom = box
-    length = (bottom - top) if vertical else (right - left)
-    start = left if not vertical else top
+    start, end = (top, bottom) if vertical else (left, right)
     out: list[list[dict[str, str]]] = []
     chars = 0
     for w, word in enumerate(words):
         chars += 1 if w else 0
         boxes = []
         for content, _, _ in word:
-            a = start + length * chars / total
+            a = min(end - 1, start + round((end - start) * chars / total))
             chars += len(content)
-            b = start + length * chars / total
+            b = min(end, max(a + 1, start + round((end - start) * chars / total)))
             if vertical:
-                boxes.append(
-                    {"HPOS": str(left), "VPOS": f"{a:.0f}", "WIDTH": str(right - left)}
-                    | {"HEIGHT": f"{max(1.0, b - a):.0f}"}
-                )
+                boxes.append(box_attrs((left, a, right, b)))
             else:
-                boxes.append(
-                    {"HPOS": f"{a:.0f}", "VPOS": str(top), "WIDTH": f"{max(1.0, b - a):.0f}"}
-                    | {"HEIGHT": str(bottom - top)}
-                )
+                boxes.append(box_attrs((a, top, b, bottom)))
         out.append(boxes)
     return out
