@@ -158,6 +158,20 @@ def run(
             help="If OUT's job store is damaged, keep it aside and rebuild it (pages are redone)."
         ),
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on a Ray cluster: auto (the one running here), local (start one), or "
+            "HOST:PORT; one model actor per device of every node (docs/CLUSTER.md)."
+        ),
+    ] = None,
+    ray_resource: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray resource each model actor requests, one unit (default: NPU for --device "
+            "npu, GPU for cuda, CPU for cpu)."
+        ),
+    ] = None,
     include: Annotated[
         list[str] | None,
         typer.Option(
@@ -223,6 +237,8 @@ def run(
         quiet=quiet,
         new_config=new_config,
         recover_store=recover_store,
+        ray=ray,
+        ray_resource=ray_resource,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         prune=prune,

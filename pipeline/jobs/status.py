@@ -26,8 +26,27 @@ def status_report(summary: StoreSummary) -> dict:
         }
         for device, stats in sorted(summary.devices.items())
     ]
+    report["nodes"] = _per_node(report["devices"])
     report["detect_seconds"] = round(sum(s.detect_seconds for s in summary.devices.values()), 3)
     return report
+
+
+def _per_node(devices: list[dict]) -> list[dict]:
+    """A cluster run's workers are labelled `NODE/DEVICE`: their sums per node (empty for a
+    local run, whose labels name a device only)."""
+    nodes: dict[str, dict] = {}
+    for device in devices:
+        node, slash, _ = device["device"].rpartition("/")
+        if not slash:
+            continue
+        row = nodes.setdefault(node, {"node": node, "workers": 0, "pages": 0, "infer_seconds": 0})
+        row["workers"] += 1
+        row["pages"] += device["pages"]
+        row["infer_seconds"] = round(row["infer_seconds"] + device["infer_seconds"], 3)
+    for row in nodes.values():
+        seconds = row["infer_seconds"]
+        row["pages_per_second"] = round(row["pages"] / seconds, 3) if seconds else None
+    return list(nodes.values())
 
 
 def _text_lines(report: dict) -> list[str]:
@@ -42,6 +61,12 @@ def _text_lines(report: dict) -> list[str]:
         lines.append(
             f"  {device['device']}: {device['pages']} pages"
             + (f", {rate:.2f} pages/s while computing" if rate else "")
+        )
+    for node in report["nodes"]:
+        rate = node["pages_per_second"]
+        lines.append(
+            f"  node {node['node']}: {node['pages']} pages on {node['workers']} worker(s)"
+            + (f", {rate:.2f} pages/s per worker while computing" if rate else "")
         )
     if report["detect_seconds"]:
         lines.append(f"line detection: {report['detect_seconds']:.1f} s (page loaders, on CPU)")

@@ -32,8 +32,13 @@ def run_collection(settings: RunSettings) -> ExitCode:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
     ensure_writable_folder(out_dir)
-    check_device_runtime(settings.device)
-    slots = plan_workers(settings.device, settings.devices, settings.workers)
+    if settings.ray:
+        from pipeline.cluster.connect import cluster_slots
+
+        slots = cluster_slots(settings.ray, settings.device, settings.ray_resource)
+    else:
+        check_device_runtime(settings.device)
+        slots = plan_workers(settings.device, settings.devices, settings.workers)
     if settings.rasterizer == "poppler":
         require_poppler()
     with (

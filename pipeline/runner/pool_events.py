@@ -15,6 +15,8 @@ class WorkerUp:
 
     label: str
     load_s: float
+    node: str | None = None  # the host it runs on, for a cluster worker
+    visible_devices: str | None = None  # the visible-devices variable as the worker saw it
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,15 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class BatchLost:
-    """A batch that came back without results: it failed, or its worker died or hung."""
+    """A batch that came back without results: it failed, or its worker died or hung.
+
+    `charged=False`: its worker was lost through no fault of the pages (a cluster node or actor
+    gone), so the pages go back to pending without an attempt counted."""
 
     label: str
     pages: list[ReadyPage]
     error: str
+    charged: bool = True
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,8 @@ class DeviceStats:
     idle_s: float = 0.0
     load_s: float = 0.0
     restarts: int = 0
+    node: str | None = None  # the host of a cluster worker
+    visible_devices: str | None = None  # its visible-devices variable as it saw it
 
 
 @dataclass

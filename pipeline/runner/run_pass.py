@@ -54,7 +54,7 @@ def run_pass(
     started = time.monotonic()
     stages = StageTimes()
     options = worker_options(settings, slots, model.prompt)
-    workers = LocalWorkerPool(slots, options, settings.batch_timeout_s)
+    workers = _worker_pool(settings, slots, options)
     loaders = LoaderPool(
         settings.loader_processes,
         settings.ingest,
@@ -111,6 +111,17 @@ def run_pass(
     if fatal is not None:
         raise fatal
     return _finish(settings, backend, progress, stages, stop, time.monotonic() - started)
+
+
+def _worker_pool(settings: RunSettings, slots: list[WorkerSlot], options) -> WorkerPool:
+    """This machine's devices, or one actor per device of the Ray cluster (`--ray`)."""
+    if not settings.ray:
+        return LocalWorkerPool(slots, options, settings.batch_timeout_s)
+    from pipeline.cluster.connect import connect
+    from pipeline.cluster.pool import RayWorkerPool
+
+    target = connect(settings.ray, settings.device, settings.ray_resource)  # joined already
+    return RayWorkerPool(target, options, settings.batch_timeout_s)
 
 
 def _labels(slots: list[WorkerSlot]) -> str:

@@ -130,12 +130,16 @@ class Scheduler:
 
     def _handle(self, event: PoolEvent) -> None:
         if isinstance(event, WorkerUp):
-            self.progress.device(event.label).load_s = event.load_s
+            stats = self.progress.device(event.label)
+            stats.load_s, stats.node = event.load_s, event.node
+            stats.visible_devices = event.visible_devices
         elif isinstance(event, WorkerRestarted):
             self.progress.device(event.label).restarts = event.restarts
         elif isinstance(event, PoolFailed):
             if self.fatal is None:
                 self.fatal = event.error
+        elif isinstance(event, BatchLost) and not event.charged:
+            self._give_back(event.pages)
         elif isinstance(event, BatchLost):
             self._retry_or_fail(event.pages, event.error)
         elif isinstance(event, BatchResult):
@@ -167,6 +171,15 @@ class Scheduler:
                 continue
             stats.pages += 1
             self.progress.page_done()
+
+    def _give_back(self, pages: list[ReadyPage]) -> None:
+        """Pages whose worker was lost through no fault of theirs: pending again, no attempt
+        counted; still loaded, so they go out in the next batch."""
+        self.queue.release([page.task.page_id for page in pages])
+        if not self.stop.stopping:
+            for page in pages:
+                if not self.changes.is_stale(page.task):
+                    self.ready.add(page)
 
     def _retry_or_fail(self, pages: list[ReadyPage], error: str) -> None:
         for page in pages:

@@ -54,6 +54,10 @@ class RunSettings:
     include: tuple[str, ...] = ()  # globs against the path relative to its input argument
     exclude: tuple[str, ...] = ()
     prune: bool = False  # forget documents whose source is gone, and their outputs
+    # A Ray cluster instead of this machine's devices: `auto`, `local` or host:port; and the
+    # resource each model actor requests (None: NPU, GPU or CPU after the device).
+    ray: str | None = None
+    ray_resource: str | None = None
     quiet: bool = False
     new_config: bool = False
     recover_store: bool = False  # move a damaged job store aside and rebuild it

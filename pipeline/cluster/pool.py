@@ -1,0 +1,279 @@
+"""`RayWorkerPool`: the run's workers as Ray actors, one per unit of the chosen resource on
+every live node, found again every few seconds so nodes that join get actors.
+
+The driver keeps the role it has in a local run: it claims pages, sends batches (at most two
+outstanding per actor, so work goes to whoever is free and a slow or far node does less),
+and writes every result itself. A lost node or actor hands its in-flight pages back uncharged
+(`BatchLost(charged=False)`); a batch that fails or hangs inside a live actor is charged, as in
+a local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pipeline.cluster.actor import ActorFailed, ActorPlace, ActorReady, ModelActor, pack
+from pipeline.cluster.connect import ClusterNode, ClusterTarget, disconnect, import_ray, live_nodes
+from pipeline.errors import AnandaSkyError, DevicesLost, ExitCode
+from pipeline.runner.batching import ReadyPage
+from pipeline.runner.model_session import WorkerOptions
+from pipeline.runner.pool_events import (
+    BatchLost,
+    BatchResult,
+    PoolEvent,
+    PoolFailed,
+    WorkerRestarted,
+    WorkerUp,
+)
+from pipeline.runner.worker_pool import MAX_WORKER_RESTARTS, WorkerPool, WorkerView
+
+log = logging.getLogger("anandasky")
+NODE_POLL_S = 3.0
+PLACE, LOAD = -1, 0  # batch ids of an actor's placement report and its model load
+
+
+@dataclass
+class _Actor:
+    key: int
+    node: ClusterNode
+    slot: int  # its index among the node's actors
+    handle: Any
+    label: str
+    place: ActorPlace | None = None
+    ready: bool = False
+    outstanding: dict[int, list[ReadyPage]] = field(default_factory=dict)
+    busy_since: float | None = None  # when the batch now computing started
+    restarts: int = 0
+
+
+def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: ClusterNode):
+    """A model actor on `node` holding one unit of the run's resource (nothing else: with
+    `num_cpus=0` a node runs as many actors as it has units, whatever CPUs it declares)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    resource = target.resource
+    request: dict[str, Any] = {"num_cpus": 0}
+    if resource == "CPU":
+        request = {"num_cpus": 1}
+    elif resource == "GPU":
+        request["num_gpus"] = 1
+    else:
+        request["resources"] = {resource: 1}
+    if target.device_type == "cpu":  # the node's cores, shared among its actors
+        options = replace(options, torch_threads=max(1, node.cpus // node.slots))
+    return remote.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+        max_restarts=0,
+        **request,
+    ).remote(options, target.device_type, resource)
+
+
+class RayWorkerPool(WorkerPool):
+    """One model actor per unit of the resource on every live node; see the module doc."""
+
+    def __init__(self, target: ClusterTarget, options: WorkerOptions, batch_timeout_s: float):
+        self.ray = import_ray()
+        self.target = target
+        self.options = options
+        self.batch_timeout_s = batch_timeout_s
+        self.actors: dict[int, _Actor] = {}
+        # ref -> (actor, batch id); batch PLACE and LOAD: the actor's first two answers
+        self.refs: dict[Any, tuple[int, int]] = {}
+        self.nodes: dict[str, ClusterNode] = {}
+        self.stopping = False
+        self._woken = threading.Event()
+        self._next_key = 0
+        self._next_batch = 0
+        self._next_poll = 0.0
+        self._remote = self.ray.remote(ModelActor)
+
+    def start(self) -> None:
+        self._sync_nodes()
+
+    def takers(self) -> list[WorkerView]:
+        free = [a for a in self.actors.values() if a.ready and len(a.outstanding) < 2]
+        free.sort(key=lambda a: len(a.outstanding))
+        return [WorkerView(a.key, a.label, len(a.outstanding)) for a in free]
+
+    def live_count(self) -> int:
+        return len(self.actors)
+
+    def send(self, worker: WorkerView, pages: list[ReadyPage]) -> None:
+        actor = self.actors[worker.key]
+        self._next_batch += 1
+        if not actor.outstanding:
+            actor.busy_since = time.monotonic()
+        actor.outstanding[self._next_batch] = pages
+        ref = actor.handle.recognize.remote(pack([page.model_input for page in pages]))
+        self.refs[ref] = (actor.key, self._next_batch)
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def busy(self) -> bool:
+        return any(a.outstanding for a in self.actors.values())
+
+    def begin_stop(self) -> None:
+        self.stopping = True
+
+    def events(self, timeout_s: float) -> list[PoolEvent]:
+        events: list[PoolEvent] = []
+        if time.monotonic() >= self._next_poll:
+            events += self._sync_nodes()
+        ready = []
+        if self.refs:
+            refs = list(self.refs)
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=timeout_s)
+            if ready:
+                ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+                ready.sort(key=lambda ref: self.refs[ref][1] != PLACE)  # placements first
+        else:
+            self._woken.wait(timeout_s)
+        self._woken.clear()
+        for ref in ready:
+            events += self._answer(ref)
+        events += self._check_overdue()
+        if not self.actors and not self.stopping:
+            events.append(
+                PoolFailed(
+                    DevicesLost(
+                        "every model actor of the Ray cluster is gone; see run.log. Unfinished "
+                        "pages stay pending: fix the cluster and run the same command again"
+                    )
+                )
+            )
+        return events
+
+    def shutdown(self, *, kill: bool) -> list[ReadyPage]:
+        in_flight = [p for a in self.actors.values() for b in a.outstanding.values() for p in b]
+        for actor in self.actors.values():
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor.handle, no_restart=True)
+        self.actors.clear()
+        self.refs.clear()
+        disconnect()
+        return in_flight
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def _sync_nodes(self) -> list[PoolEvent]:
+        """Actors for nodes that joined; the actors of nodes that left are lost."""
+        self._next_poll = time.monotonic() + NODE_POLL_S
+        alive = {node.node_id: node for node in live_nodes(self.target.resource)}
+        events: list[PoolEvent] = []
+        for actor in list(self.actors.values()):
+            if actor.node.node_id not in alive:
+                events += self._drop(actor, "lost: its node left the cluster", charged=False)
+        for node_id, node in alive.items():
+            if node_id in self.nodes or self.stopping:
+                continue
+            self.nodes[node_id] = node
+            log.info(
+                "node %s (%s): %d %s, starting %d model actor(s)",
+                node.ip, node_id[:8], node.slots, self.target.resource, node.slots,
+            )  # fmt: skip
+            for slot in range(node.slots):
+                self._start_actor(node, slot, restarts=0)
+        for node_id in [n for n in self.nodes if n not in alive]:
+            log.warning("node %s (%s) left the cluster", self.nodes[node_id].ip, node_id[:8])
+            del self.nodes[node_id]
+        return events
+
+    def _start_actor(self, node: ClusterNode, slot: int, restarts: int) -> _Actor:
+        key, self._next_key = self._next_key, self._next_key + 1
+        handle = create_actor(self._remote, self.target, self.options, node)
+        label = f"{node.ip}#{node.node_id[:6]}/actor{key}"
+        actor = _Actor(key, node, slot, handle, label, restarts=restarts)
+        self.actors[key] = actor
+        self.refs[handle.place.remote()] = (key, PLACE)
+        self.refs[handle.load.remote()] = (key, LOAD)
+        return actor
+
+    def _answer(self, ref) -> list[PoolEvent]:
+        key, batch_id = self.refs.pop(ref, (-1, LOAD))
+        actor = self.actors.get(key)
+        if actor is None:
+            return []
+        ray = self.ray
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # the method itself raised (a bug): charged
+            value = ("failed", f"{type(err.cause).__name__}: {err.cause}")
+        except ray.exceptions.RayError as err:  # the actor or its node is gone: not the pages'
+            return self._drop(actor, f"lost: {type(err).__name__}", charged=False)
+        if batch_id == PLACE:
+            self._placed(actor, value)
+            return []
+        if batch_id == LOAD:
+            return self._loaded(actor, value)
+        pages = actor.outstanding.pop(batch_id, [])
+        actor.busy_since = time.monotonic() if actor.outstanding else None
+        if value[0] == "done":
+            _, recognitions, infer_s, wait_s = value
+            return [BatchResult(actor.label, pages, recognitions, infer_s, wait_s)]
+        log.error("batch on %s failed: %s", actor.label, value[1])
+        return [BatchLost(actor.label, pages, value[1])]
+
+    def _placed(self, actor: _Actor, place: ActorPlace) -> None:
+        """Name the actor after its node and device, and log what Ray gave it."""
+        actor.place = place
+        device = ",".join(place.accelerator_ids) or str(actor.slot)
+        actor.label = f"{place.node_ip}#{place.node_id[:6]}/{self.target.device_type}:{device}"
+        log.info(
+            "actor %s placed (pid %d, node %s, visible devices %s, Ray %s ids %s)",
+            actor.label, place.pid, place.node_ip,
+            place.visible_devices if place.visible_devices is not None else "-",
+            self.target.resource, ",".join(place.accelerator_ids) or "-",
+        )  # fmt: skip
+
+    def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed) -> list[PoolEvent]:
+        if isinstance(value, ActorFailed):
+            error = AnandaSkyError(f"actor {actor.label} could not load the model: {value.message}")
+            error.exit_code = ExitCode(value.exit_code)
+            return [PoolFailed(error)]
+        # `events` hands the placement over first, so `place` is known here.
+        visible = actor.place.visible_devices if actor.place else None
+        actor.ready = True
+        log.info(
+            "worker %s ready on %s (node %s, visible devices %s) after %.1f s",
+            actor.label, value.device, actor.node.ip, visible or "-", value.load_s,
+        )  # fmt: skip
+        return [WorkerUp(actor.label, value.load_s, actor.node.ip, visible)]
+
+    def _check_overdue(self) -> list[PoolEvent]:
+        if self.stopping:
+            return []
+        now = time.monotonic()
+        events: list[PoolEvent] = []
+        for actor in list(self.actors.values()):
+            if actor.busy_since is not None and now - actor.busy_since > self.batch_timeout_s:
+                why = f"took longer than --batch-timeout {self.batch_timeout_s:g} s; killed"
+                events += self._drop(actor, why, charged=True)
+        return events
+
+    def _drop(self, actor: _Actor, why: str, *, charged: bool) -> list[PoolEvent]:
+        """End `actor`; its batches come back lost; a replacement if its node is still up."""
+        pages = [page for batch in actor.outstanding.values() for page in batch]
+        log.error("worker %s %s; %d page(s) in flight", actor.label, why, len(pages))
+        self.actors.pop(actor.key, None)
+        for ref in [r for r, (key, _) in self.refs.items() if key == actor.key]:
+            del self.refs[ref]
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor.handle, no_restart=True)
+        events: list[PoolEvent] = []
+        if pages:
+            events.append(BatchLost(actor.label, pages, f"worker {actor.label} {why}", charged))
+        node_up = actor.node.node_id in {n.node_id for n in live_nodes(self.target.resource)}
+        if self.stopping or not node_up:
+            return events
+        if actor.restarts >= MAX_WORKER_RESTARTS:
+            log.error("giving up on %s", actor.label)
+            return events
+        replacement = self._start_actor(actor.node, actor.slot, actor.restarts + 1)
+        events.append(WorkerRestarted(actor.label, replacement.restarts))
+        return events

@@ -1,0 +1,200 @@
+"""Runs on a real Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`,
+every address this machine's own (Ray rewrites loopback to the interface it reports), its own
+temp folder), each node declaring fake `NPU` units, so the
+actors get `ASCEND_RT_VISIBLE_DEVICES` from Ray exactly as on Ascend servers; the model
+computes on the CPU (`--device cpu --ray-resource NPU`).
+
+One cluster for the module (starting one costs seconds of a shared 2-core machine): a head
+with 1 NPU and a node with 2, so 3 model actors; the node-loss test adds and removes its own
+nodes with another resource name, so it never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from test_run_end_to_end import (
+    GOOD_PAGES,
+    assert_complete_outputs,
+    cli,
+    comparable,
+    run_args,
+    start_cli,
+    wait_for_done,
+)
+
+from pipeline.errors import ExitCode
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+PLACED = re.compile(
+    r"actor (\S+) placed \(pid \d+, node (\S+), visible devices (\S+), Ray NPU ids (\S+)\)"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
+    # Ray notes "the current cluster" in RAY_TMPDIR/ray: ours, never the machine's /tmp/ray.
+    os.makedirs(os.path.join(temp, "ray"))
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    common = {"temp_dir": temp, "num_cpus": 1}
+    head = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **common,
+            "resources": {"NPU": 1},
+            "include_dashboard": False,
+            # A removed node is noticed in ~2 s instead of ~15 s.
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        },
+    )
+    head.add_node(**common, resources={"NPU": 2})
+    head.wait_for_nodes()
+    head.common_args = common
+    yield head
+    head.shutdown()
+    if before is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory, testdata) -> Path:
+    root = tmp_path_factory.mktemp("scans")
+    for relpath in GOOD_PAGES:
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(testdata / "pages" / relpath, target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, pages, tiny_model_dir) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("local") / "out"
+    result = cli(*run_args(pages, out, tiny_model_dir, "--quiet"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    return comparable(assert_complete_outputs(out, GOOD_PAGES))
+
+
+def ray_args(pages, out, model, cluster, resource="NPU", *extra) -> list[str]:
+    ray = ("--ray", cluster.address, "--ray-resource", resource, "--quiet")
+    return run_args(pages, out, model, *ray, *extra)
+
+
+def attempts(out: Path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db:
+        return [row[0] for row in db.execute("SELECT attempts FROM pages")]
+
+
+def test_cluster_run_equals_a_local_run_and_each_actor_holds_its_own_npu(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    out = tmp_path / "out"
+    result = cli(*ray_args(pages, out, tiny_model_dir, cluster))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+
+    # Every actor reports where Ray put it before it loads the model (a run this short may
+    # end before all three are ready).
+    ready = PLACED.findall((out / "run.log").read_text())
+    assert len(ready) == 3  # head: 1 NPU, other node: 2
+    for label, _node, visible, ray_ids in ready:
+        assert visible == ray_ids  # Ray set the variable to the unit it gave this actor
+        assert label.endswith(f"/cpu:{visible}")
+    per_node: dict[str, list[str]] = {}
+    for label, _node, visible, _ in ready:
+        per_node.setdefault(label.split("/")[0], []).append(visible)
+    assert sorted(sorted(ids) for ids in per_node.values()) == [["0"], ["0", "1"]]
+
+    summary = json.loads((out / "run-summary.json").read_text())["this_run"]
+    placed = {label: visible for label, _, visible, _ in ready}
+    assert summary["devices"]
+    for label, device in summary["devices"].items():
+        assert device["visible_devices"] == placed[label]
+    assert {d["node"] for d in summary["devices"].values()} == {cluster.head_node.node_ip_address}
+    status = json.loads(cli("status", str(out), "--json").stdout)
+    assert sum(d["pages"] for d in status["devices"]) == sum(GOOD_PAGES.values())
+    assert {d["device"] for d in status["devices"]} <= {label for label, *_ in ready}
+    assert sum(n["pages"] for n in status["nodes"]) == sum(GOOD_PAGES.values())
+    assert {n["node"] for n in status["nodes"]} <= set(per_node)
+    assert max(attempts(out)) == 0
+
+
+def test_driver_killed_with_kill_9_then_rerun_resumes_to_the_same_output(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    out = tmp_path / "out"
+    args = ray_args(pages, out, tiny_model_dir, cluster)
+    process = start_cli(*args)
+    wait_for_done(out, process, 3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    # The killed driver's actors are ended by Ray; the rerun gets their NPU units back.
+    result = cli(*args)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+
+
+def _running_on(out: Path, node_prefix: str) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db:
+            rows = db.execute(
+                "SELECT count(*) FROM pages WHERE state = 'running' AND device LIKE ?",
+                (f"%#{node_prefix}/%",),
+            )
+            return rows.fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_node_lost_mid_run_gives_its_pages_back_uncharged_and_a_joining_node_finishes(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """FAULT INJECTION: the first node's actor hangs on every batch (ANANDASKY_TEST_FAULT in
+    its environment), so it certainly holds pages when it is removed; a node that joins
+    mid-run gets an actor and does the rest."""
+    out = tmp_path / "out"
+    os.environ["ANANDASKY_TEST_FAULT"] = "batch:hang"
+    try:
+        doomed = cluster.add_node(**cluster.common_args, resources={"LOSSY": 1})
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+    process = start_cli(*ray_args(pages, out, tiny_model_dir, cluster, "LOSSY"))
+    try:
+        deadline = time.monotonic() + 180
+        while _running_on(out, doomed.node_id[:6]) == 0:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the doomed node's actor never took a batch"
+            time.sleep(0.1)
+        joined = cluster.add_node(**cluster.common_args, resources={"LOSSY": 1})
+        cluster.remove_node(doomed)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == ExitCode.OK, stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    log = (out / "run.log").read_text()
+    lost = re.findall(rf"worker \S+#{doomed.node_id[:6]}/\S+ lost: .*; (\d+) page\(s\)", log)
+    assert lost and int(lost[0]) > 0, log
+    assert f"#{joined.node_id[:6]}/cpu:0 ready" in log  # it joined mid-run and got an actor
+    assert max(attempts(out)) == 0  # the lost pages were not charged
+    cluster.remove_node(joined)
