@@ -259,13 +259,22 @@ def resume(
     workers: Annotated[
         int | None, typer.Option(help="Override the stored CPU worker count.")
     ] = None,
+    ray: Annotated[
+        str | None, typer.Option(help="Override the stored Ray cluster address.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> int:
     """Rerun OUT with the settings stored by its first run."""
     from pipeline.runner.collection import resume_collection
 
     return resume_collection(
-        out, pdf_password=pdf_password, device=device, devices=devices, workers=workers, quiet=quiet
+        out,
+        pdf_password=pdf_password,
+        device=device,
+        devices=devices,
+        workers=workers,
+        ray=ray,
+        quiet=quiet,
     )
 
 

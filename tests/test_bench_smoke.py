@@ -26,6 +26,7 @@ SCRIPTS = (
     "export_pdf",
     "coordinator_memory",
     "layout_modes",
+    "ray_scaling",
 )
 ENVELOPE = {
     "benchmark",

@@ -30,3 +30,19 @@ def test_ray_option_without_ray_installed_exits_3_with_the_install_hint(tmp_path
     assert "pip install 'anandasky-batch[ray]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_device_ids_with_ray_are_refused_before_any_cluster_is_joined(tmp_path, testdata):
+    """Ray assigns each actor its device: `--devices` would be silently meaningless."""
+    args = ["run", str(testdata / "pages" / "vertical"), "--out", str(tmp_path / "out")]
+    args += ["--model", str(tmp_path / "model"), "--device", "npu", "--devices", "0,1"]
+    args += ["--ray", "auto"]
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_RAY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert "--devices 0,1 with --ray" in result.stderr

@@ -127,10 +127,17 @@ def disconnect() -> None:
         ray.shutdown()
 
 
-def cluster_slots(address: str, device: str, resource: str | None) -> list[WorkerSlot]:
+def cluster_slots(
+    address: str, device: str, resource: str | None, devices: str | None = None
+) -> list[WorkerSlot]:
     """Join the cluster and describe its device slots as they are now, one per unit of the
     resource: what the run logs and fingerprints (the device type); the pool finds the nodes
     again itself, since they may change."""
+    if devices is not None:
+        raise BadArguments(
+            f"--devices {devices} with --ray: Ray assigns the devices of every node; leave "
+            "--devices out (ray start --resources chooses what a node offers)"
+        )
     target = connect(address, device, resource)
     return [
         WorkerSlot(

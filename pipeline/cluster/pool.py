@@ -35,6 +35,10 @@ from pipeline.runner.worker_pool import MAX_WORKER_RESTARTS, WorkerPool, WorkerV
 log = logging.getLogger("anandasky")
 NODE_POLL_S = 3.0
 PLACE, LOAD = -1, 0  # batch ids of an actor's placement report and its model load
+ALL_GONE = (
+    "every model actor of the Ray cluster is gone; see run.log. Unfinished pages stay "
+    "pending: fix the cluster and run the same command again"
+)
 
 
 @dataclass
@@ -49,6 +53,38 @@ class _Actor:
     outstanding: dict[int, list[ReadyPage]] = field(default_factory=dict)
     busy_since: float | None = None  # when the batch now computing started
     restarts: int = 0
+
+
+@dataclass
+class DriverCost:
+    """What the driver spends on the cluster, logged at the end of a run: its own CPU time
+    (scheduling, packing, Ray's client threads, writing outputs) and the PNG packing alone."""
+
+    cpu_at_start: float = 0.0
+    pack_s: float = 0.0
+    pages: int = 0
+
+    def log(self) -> None:
+        if self.pages:
+            cpu_s = time.process_time() - self.cpu_at_start
+            log.info(
+                "driver: %.3f CPU s for %d page(s) sent (%.1f ms/page; packing as PNG %.1f ms/page)",
+                cpu_s, self.pages, 1000 * cpu_s / self.pages, 1000 * self.pack_s / self.pages,
+            )  # fmt: skip
+
+
+def place_label(place: ActorPlace, target: ClusterTarget, slot: int) -> str:
+    """An actor's name in the log, the store and `status`: its node and its device there (the
+    unit Ray gave it, else its index on the node); and a log line of what Ray gave it."""
+    device = ",".join(place.accelerator_ids) or str(slot)
+    label = f"{place.node_ip}#{place.node_id[:6]}/{target.device_type}:{device}"
+    log.info(
+        "actor %s placed (pid %d, node %s, visible devices %s, Ray %s ids %s)",
+        label, place.pid, place.node_ip,
+        place.visible_devices if place.visible_devices is not None else "-",
+        target.resource, ",".join(place.accelerator_ids) or "-",
+    )  # fmt: skip
+    return label
 
 
 def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: ClusterNode):
@@ -91,8 +127,10 @@ class RayWorkerPool(WorkerPool):
         self._next_batch = 0
         self._next_poll = 0.0
         self._remote = self.ray.remote(ModelActor)
+        self.cost = DriverCost()
 
     def start(self) -> None:
+        self.cost.cpu_at_start = time.process_time()
         self._sync_nodes()
 
     def takers(self) -> list[WorkerView]:
@@ -109,7 +147,11 @@ class RayWorkerPool(WorkerPool):
         if not actor.outstanding:
             actor.busy_since = time.monotonic()
         actor.outstanding[self._next_batch] = pages
-        ref = actor.handle.recognize.remote(pack([page.model_input for page in pages]))
+        started = time.perf_counter()
+        packed = pack([page.model_input for page in pages])
+        self.cost.pack_s += time.perf_counter() - started
+        self.cost.pages += len(pages)
+        ref = actor.handle.recognize.remote(packed)
         self.refs[ref] = (actor.key, self._next_batch)
 
     def wake(self) -> None:
@@ -139,14 +181,7 @@ class RayWorkerPool(WorkerPool):
             events += self._answer(ref)
         events += self._check_overdue()
         if not self.actors and not self.stopping:
-            events.append(
-                PoolFailed(
-                    DevicesLost(
-                        "every model actor of the Ray cluster is gone; see run.log. Unfinished "
-                        "pages stay pending: fix the cluster and run the same command again"
-                    )
-                )
-            )
+            events.append(PoolFailed(DevicesLost(ALL_GONE)))
         return events
 
     def shutdown(self, *, kill: bool) -> list[ReadyPage]:
@@ -156,6 +191,7 @@ class RayWorkerPool(WorkerPool):
                 self.ray.kill(actor.handle, no_restart=True)
         self.actors.clear()
         self.refs.clear()
+        self.cost.log()
         disconnect()
         return in_flight
 
@@ -220,16 +256,8 @@ class RayWorkerPool(WorkerPool):
         return [BatchLost(actor.label, pages, value[1])]
 
     def _placed(self, actor: _Actor, place: ActorPlace) -> None:
-        """Name the actor after its node and device, and log what Ray gave it."""
         actor.place = place
-        device = ",".join(place.accelerator_ids) or str(actor.slot)
-        actor.label = f"{place.node_ip}#{place.node_id[:6]}/{self.target.device_type}:{device}"
-        log.info(
-            "actor %s placed (pid %d, node %s, visible devices %s, Ray %s ids %s)",
-            actor.label, place.pid, place.node_ip,
-            place.visible_devices if place.visible_devices is not None else "-",
-            self.target.resource, ",".join(place.accelerator_ids) or "-",
-        )  # fmt: skip
+        actor.label = place_label(place, self.target, actor.slot)
 
     def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed) -> list[PoolEvent]:
         if isinstance(value, ActorFailed):

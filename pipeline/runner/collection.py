@@ -35,7 +35,9 @@ def run_collection(settings: RunSettings) -> ExitCode:
     if settings.ray:
         from pipeline.cluster.connect import cluster_slots
 
-        slots = cluster_slots(settings.ray, settings.device, settings.ray_resource)
+        slots = cluster_slots(
+            settings.ray, settings.device, settings.ray_resource, settings.devices
+        )
     else:
         check_device_runtime(settings.device)
         slots = plan_workers(settings.device, settings.devices, settings.workers)
