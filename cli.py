@@ -41,22 +41,6 @@ class Rasterizer(str, Enum):
     poppler = "poppler"
 
 
-class Layout(str, Enum):
-    page = "page"
-    lines = "lines"
-
-
-class ReadingOrder(str, Enum):
-    auto = "auto"
-    horizontal = "horizontal"
-    vertical_rl = "vertical-rl"
-
-
-class Detector(str, Enum):
-    rapidocr = "rapidocr"
-    none = "none"
-
-
 class Impl(str, Enum):
     auto = "auto"
     native = "native"
@@ -188,20 +172,18 @@ def run(
         typer.Option(help="Forget documents whose input file is gone, with their outputs."),
     ] = False,
     layout: Annotated[
-        Layout,
+        str,
         typer.Option(
             help="page: recognise whole pages (the detected text area gives block coordinates); "
             "lines: recognise each detected line (every line gets its position)."
         ),
-    ] = Layout.page,
+    ] = "page",
     reading_order: Annotated[
-        ReadingOrder,
-        typer.Option(help="Order of the detected lines; auto decides per page."),
-    ] = ReadingOrder.auto,
+        str, typer.Option(help="auto | horizontal | vertical-rl: order of the detected lines.")
+    ] = "auto",
     detector: Annotated[
-        Detector,
-        typer.Option(help="Text-line detector; none: no coordinates (page layout only)."),
-    ] = Detector.rapidocr,
+        str, typer.Option(help="rapidocr | none (no line detection, no coordinates).")
+    ] = "rapidocr",
     detector_max_side: Annotated[
         int, typer.Option(help="Long side (pixels) of the image the line detector sees.")
     ] = 1536,
@@ -242,9 +224,9 @@ def run(
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         prune=prune,
-        layout=layout.value,
-        reading_order=reading_order.value,
-        detector=detector.value,
+        layout=layout,
+        reading_order=reading_order,
+        detector=detector,
         detector_max_side=detector_max_side,
     )
     return run_collection(settings)
