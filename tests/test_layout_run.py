@@ -92,6 +92,9 @@ def test_lines_mode_positions_every_line_and_txt_is_the_lines_in_order(lines_run
         assert txt == alto_to_text(data) + "\n", name
         assert_inside_page(alto_of(out, name))
     root = alto_of(out, "medieval.jpg")
+    made_with = json.loads(root.findtext(f".//{A}processingStepSettings"))
+    assert made_with["line_detector"].startswith("det-")
+    assert made_with["reading_order"] == "horizontal"
     page = root.find(f".//{A}Page")
     assert (int(page.get("WIDTH")), int(page.get("HEIGHT"))) == Image.open(MEDIEVAL).size
     lines = list(root.iter(f"{A}TextLine"))

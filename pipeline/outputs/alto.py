@@ -266,6 +266,9 @@ def _description(root: etree._Element, meta: PageMeta) -> None:
         _sub(step, "processingDateTime", meta.processing_datetime.isoformat(timespec="seconds"))
     settings = {"model": meta.model_name, "model_checksum": meta.model_checksum}
     settings["prompt"] = meta.prompt
+    if meta.layout is not None:  # where the positions come from
+        settings["line_detector"] = meta.layout.detector
+        settings["reading_order"] = meta.layout.reading_order
     _sub(step, "processingStepSettings", xml_safe_text(json.dumps(settings, ensure_ascii=False)))
     software = _sub(step, "processingSoftware")
     _sub(software, "softwareName", SOFTWARE_NAME)
