@@ -91,9 +91,14 @@ def connect(address: str, device: str, resource: str | None) -> ClusterTarget:
                 logging_level=logging.WARNING,
                 **extra,
             )
-        except ConnectionError as err:
+        except ValueError:  # Ray's word for an address it cannot parse
+            raise BadArguments(
+                f"--ray {address}: not an address; use auto, local or HOST:PORT"
+            ) from None
+        except Exception as err:  # ConnectionError, timeouts: whatever Ray raises for "no one"
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise DevicesLost(
-                f"--ray {address}: no Ray cluster reachable ({err}); start one with "
+                f"--ray {address}: no Ray cluster reachable ({first}); start one with "
                 "`ray start --head` or use --ray local"
             ) from None
     totals = ray.cluster_resources()

@@ -176,7 +176,7 @@ class LocalWorkerPool(WorkerPool):
                 message.visible_devices if message.visible_devices is not None else "-",
                 message.load_s,
             )
-            yield WorkerUp(message.label, message.load_s)
+            yield WorkerUp(message.label, message.load_s, visible_devices=message.visible_devices)
         elif isinstance(message, WorkerFailed):
             error = AnandaSkyError(
                 f"worker {message.label} could not load the model: {message.message}"
