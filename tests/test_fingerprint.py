@@ -148,3 +148,16 @@ def test_a_store_from_before_these_keys_keeps_its_pages_and_says_what_it_recorde
     with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db, db:
         db.execute("UPDATE run_config SET fingerprint = ?", (json.dumps(old, sort_keys=True),))
     assert cli_run(scans, out, model, "--dpi", "150").returncode == ExitCode.BAD_ARGUMENTS
+
+
+@pytest.mark.slow
+def test_a_store_from_before_line_layout_is_not_continued_in_lines_mode(tmp_path, scans, model):
+    out = tmp_path / "out"
+    assert cli_run(scans, out, model).returncode == ExitCode.OK
+    # What a version before line layout stored: whole-page results, no layout keys.
+    old = {k: v for k, v in stored_fingerprint(out).items() if k not in NEW_KEYS}
+    with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db, db:
+        db.execute("UPDATE run_config SET fingerprint = ?", (json.dumps(old, sort_keys=True),))
+    result = cli_run(scans, out, model, "--layout", "lines")
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert "layout: (not set) -> \"lines\"" in result.stderr and "--new-config" in result.stderr

@@ -139,7 +139,14 @@ class JobBackend(WorkQueue, InputRegistry, Catalogue):
     """Everything a run needs: the queue, the inputs, and the run's own record."""
 
     @abc.abstractmethod
-    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> list[str]: ...
+    def check_fingerprint(
+        self, fingerprint: dict, *, new_config: bool, implied: dict | None = None
+    ) -> list[str]:
+        """Refuse results made under other settings (ConfigMismatch) unless `new_config`.
+
+        Keys an older store lacks are recorded and returned when every key it has matches
+        and each added key has the value `implied` gives for versions that lacked it (if any).
+        """
 
     @abc.abstractmethod
     def save_settings(self, settings: dict) -> None: ...

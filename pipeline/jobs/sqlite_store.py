@@ -120,7 +120,9 @@ class JobStore(SqliteWorkQueue, SqliteRegistry, SqliteCatalogue, JobBackend):
             (text, now, now),
         )
 
-    def check_fingerprint(self, fingerprint: dict, *, new_config: bool) -> list[str]:
+    def check_fingerprint(
+        self, fingerprint: dict, *, new_config: bool, implied: dict | None = None
+    ) -> list[str]:
         """Refuse to mix results made under different settings in one output folder.
 
         With new_config=True a different fingerprint replaces the stored one and every page is
@@ -137,7 +139,16 @@ class JobStore(SqliteWorkQueue, SqliteRegistry, SqliteCatalogue, JobBackend):
         if old == new:
             return []
         added = sorted(new.keys() - old.keys()) if old is not None else []
-        if added and not new_config and all(old[key] == new.get(key) for key in old):
+        implied = implied or {}
+        # A key an older store lacks, whose value that version always had (`implied`), must
+        # still have that value: a store of page-mode results is not continued in lines mode.
+        same_as_implied = all(new[key] == implied.get(key, new[key]) for key in added)
+        if (
+            added
+            and same_as_implied
+            and not new_config
+            and all(old[key] == new.get(key) for key in old)
+        ):
             with self._write() as db:
                 self._set_config(db, "fingerprint", fingerprint)
             return added

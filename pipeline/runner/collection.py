@@ -21,7 +21,7 @@ from pipeline.runner.device_plan import check_device_runtime, plan_workers
 from pipeline.runner.progress import close_run_log, log, log_to_file_only, setup_run_log
 from pipeline.runner.result_writer import ModelStamp
 from pipeline.runner.run_pass import run_pass
-from pipeline.runner.settings import RunSettings, model_code_checksum
+from pipeline.runner.settings import IMPLIED_BY_OLDER_STORES, RunSettings, model_code_checksum
 
 
 def run_collection(settings: RunSettings) -> ExitCode:
@@ -79,7 +79,10 @@ def _run_with_store(settings: RunSettings, store: JobBackend, inputs, slots) -> 
         device_type=slots[0].device_type,
         code_checksum=model_code_checksum(settings.model_dir),
     )
-    for key in store.check_fingerprint(fingerprint, new_config=settings.new_config):
+    added = store.check_fingerprint(
+        fingerprint, new_config=settings.new_config, implied=IMPLIED_BY_OLDER_STORES
+    )
+    for key in added:
         log.warning(
             "this output folder was started by a version that did not record %s; recorded "
             "now as %s. Pages done earlier are kept: if they were made with another %s, run "

@@ -91,9 +91,9 @@ class StageTimes:
     """
 
     load_s: float = 0.0
+    detect_s: float = 0.0  # line detection, in the loader processes after loading
     write_s: float = 0.0
     store_s: float = 0.0
-    detect_s: float = 0.0  # line detection, in the loader processes after loading
 
 
 @dataclass

@@ -7,11 +7,11 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.errors import CheckpointError, ExitCode
+from pipeline.errors import ExitCode
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.backend import JobBackend
 from pipeline.jobs.connect import output_access_error
-from pipeline.model.config import AnandaSkyConfig
+from pipeline.recognition import page_pixel_budget
 from pipeline.runner.device_plan import WorkerSlot
 from pipeline.runner.loader_pool import LoaderPool
 from pipeline.runner.pending import PendingPages
@@ -24,23 +24,6 @@ from pipeline.runner.stopping import StopControl
 from pipeline.runner.worker_pool import LocalWorkerPool, WorkerPool, worker_options
 
 log = logging.getLogger("anandasky")
-
-
-def image_pixel_budget(model_dir: str, impl: str) -> int | None:
-    """Pages travel between processes no larger than the model will look at.
-
-    Only a native config states that size (read without importing torch: a resumed run with
-    nothing to do must stay quick); a remote-code model's own processor resizes, so its pages
-    travel as rendered. The worker checks the tensors themselves when it loads them.
-    """
-    if impl == "remote":
-        return None
-    try:
-        return AnandaSkyConfig.load(Path(model_dir) / "config.json").max_image_pixels
-    except CheckpointError:
-        if impl == "native":
-            raise
-        return None
 
 
 def run_pass(
@@ -58,7 +41,7 @@ def run_pass(
     loaders = LoaderPool(
         settings.loader_processes,
         settings.ingest,
-        image_pixel_budget(settings.model_dir, settings.impl),
+        page_pixel_budget(settings.model_dir, settings.impl),
         on_done=workers.wake,
         layout=settings.layout_request,
     )

@@ -18,7 +18,7 @@ from pipeline.ingest.page_loading import LayoutRequest
 from pipeline.ingest.selection import InputFilter
 from pipeline.layout.detector import DetectorSettings
 from pipeline.layout.geometry import READING_ORDERS
-from pipeline.model.checkpoint import locate
+from pipeline.model.checkpoint import hash_code_files
 from pipeline.model.config import AnandaSkyConfig, canonical_dtype
 
 OUTPUT_FORMATS = ("alto", "txt")
@@ -204,18 +204,12 @@ class RunSettings:
         return cls(**values)
 
 
+# Fingerprint keys added after stores existed, with the value every run before them had: an
+# older output folder holds whole-page transcriptions, so it is not continued in lines mode.
+IMPLIED_BY_OLDER_STORES = {"layout": "page"}
+
+
 def model_code_checksum(model_dir: str | Path) -> str:
     """sha256 over the model folder's own code and settings files that the weights checksum
-    leaves out: remote-code `.py` files and `.json` files such as preprocessor_config.json.
-
-    Editing a remote `modeling_*.py` changes the transcriptions as surely as new weights do.
-    """
-    hashed = {path.name for path in locate(model_dir).hashed}
-    root = Path(model_dir)
-    digest = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *root.glob("*.json")]):
-        if path.name in hashed or not path.is_file():
-            continue
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    leaves out (remote-code `.py`, `.json` such as preprocessor_config.json)."""
+    return hash_code_files(hashlib.sha256(), model_dir).hexdigest()
