@@ -60,10 +60,20 @@ def _resume_found_nothing_to_do(data: dict) -> None:
     assert all(row["exit_codes"] == [0] for row in data["results"])
 
 
+def _ray_runs_did_every_page(data: dict) -> None:
+    runs = {row["setup"]: row for row in data["results"]}
+    assert set(runs) == {"local, 1 worker", "ray, 1 node", "ray, 2 nodes"}
+    assert all(
+        r["exit_code"] == 0 and r["pages_done"] == data["settings"]["pages"] for r in runs.values()
+    )
+    assert runs["ray, 1 node"]["driver_cpu_ms_per_page"] > 0
+
+
 EXTRA_CHECKS = {
     "generation": _generation_checked_tokens,
     "pipeline_efficiency": _efficiency_read_the_run,
     "resume_cost": _resume_found_nothing_to_do,
+    "ray_scaling": _ray_runs_did_every_page,
 }
 
 
