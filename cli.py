@@ -6,19 +6,22 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.errors import AnandaSkyError, ExitCode
-
-REMOTE_CODE_WARNING = (
-    "--impl remote (and auto, for a checkpoint that is not in the native layout) executes the "
-    "Python modeling code shipped inside the --model folder; use it only on weights you trust. "
-    "Code is never loaded from anywhere but that folder."
+from cli_options import (
+    DeviceOption,
+    DtypeOption,
+    Impl,
+    ImplOption,
+    ModelOption,
+    Rasterizer,
+    TestSize,
+    split_list,
 )
+from pipeline.errors import AnandaSkyError, ExitCode
 
 app = typer.Typer(
     help="Batch text recognition of archive collections with the AnandaSky model: "
@@ -27,54 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Device(str, Enum):
-    auto = "auto"
-    npu = "npu"
-    cuda = "cuda"
-    cpu = "cpu"
-
-
-class Rasterizer(str, Enum):
-    pdfium = "pdfium"
-    poppler = "poppler"
-
-
-class Impl(str, Enum):
-    auto = "auto"
-    native = "native"
-    remote = "remote"
-
-
-class TestSize(str, Enum):
-    tiny = "tiny"
-    seed = "seed"
-
-
-ModelOption = Annotated[
-    Path,
-    typer.Option(
-        "--model", "-m", help="Weights folder (config.json, model.safetensors, tokenizer.json)."
-    ),
-]
-DeviceOption = Annotated[
-    str,
-    typer.Option(
-        help="auto | npu | cuda | cpu, or one device such as npu:1. auto: npu, else cuda, else cpu."
-    ),
-]
-DtypeOption = Annotated[
-    str | None,
-    typer.Option(
-        help="bfloat16 | float16 | float32 (default: bfloat16 on npu/cuda, float32 on cpu)."
-    ),
-]
-ImplOption = Annotated[Impl, typer.Option(help="Model implementation. " + REMOTE_CODE_WARNING)]
-
-
-def _split(values: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in values.split(",") if part.strip())
 
 
 @app.command()
@@ -214,7 +169,7 @@ def run(
         batch_size=batch_size,
         max_attempts=max_attempts,
         batch_timeout=batch_timeout,
-        formats=_split(formats),
+        formats=split_list(formats),
         loaders=loaders,
         quiet=quiet,
         new_config=new_config,
@@ -313,7 +268,7 @@ def export(
     report = export_collection(
         out,
         to,
-        formats=_split(formats),
+        formats=split_list(formats),
         documents=documents or (),
         include_failed=include_failed,
         zip_archive=zip_archive,
