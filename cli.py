@@ -70,6 +70,16 @@ def run(
         int, typer.Option(help="Refuse images larger than this (decompression bombs).")
     ] = 250_000_000,
     batch_size: Annotated[int, typer.Option(help="Pages per model batch.")] = 8,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows decoded at once, refilled as pages finish (continuous batching); "
+            "give --batch-size a few times this (default: a whole batch at once)."
+        ),
+    ] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(help="KV-cache positions all rows together may hold.")
+    ] = None,
     max_attempts: Annotated[
         int, typer.Option(help="Tries per page before it is marked failed.")
     ] = 3,
@@ -167,6 +177,8 @@ def run(
         pdf_password=pdf_password,
         max_image_pixels=max_image_pixels,
         batch_size=batch_size,
+        max_batch=max_batch,
+        token_budget=token_budget,
         max_attempts=max_attempts,
         batch_timeout=batch_timeout,
         formats=split_list(formats),

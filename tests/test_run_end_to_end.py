@@ -387,3 +387,30 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_stays_resumable(
     finish = cli(*run_args(good_input, out, tiny_model_dir, *long_pages))
     assert finish.returncode == ExitCode.OK, finish.stderr
     assert_complete_outputs(out, GOOD_PAGES)
+
+
+def test_continuous_batching_with_few_rows_gives_the_same_outputs(
+    tmp_path, good_input, tiny_model_dir, reference_run
+):
+    """--max-batch 2 with batches of 6 pages: rows refill as pages finish; every page's file is
+    byte for byte what whole-batch decoding wrote (processingDateTime aside)."""
+    out = tmp_path / "out"
+    args = ("--workers", "2", "--batch-size", "6", "--max-batch", "2", "--quiet")
+    result = cli(*run_args(good_input, out, tiny_model_dir, *args))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == comparable(reference_run)
+
+
+def test_a_token_budget_no_page_fits_stops_the_run_with_exit_2_and_pages_pending(
+    tmp_path, tiny_model_dir, testdata
+):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(testdata / "pages/vertical/jp_vert.jpg", inputs / "a.jpg")
+    out = tmp_path / "out"
+    result = cli(*run_args(inputs, out, tiny_model_dir, "--token-budget", "5", "--quiet"))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert "Traceback" not in result.stderr
+    assert "--token-budget 5 cannot hold one page" in result.stderr
+    with JobStore.open(out, exclusive=False) as store:
+        assert store.summary().pages["pending"] == 1

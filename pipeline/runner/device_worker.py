@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from pipeline.errors import BadArguments
 from pipeline.records import Recognition
 from pipeline.runner.child_process import prepare_child_process
 from pipeline.runner.device_plan import WorkerSlot, pin_to_slot
@@ -34,12 +35,14 @@ class WorkerReady:
 
 @dataclass(frozen=True)
 class WorkerFailed:
-    """The model could not be loaded: no point in restarting this worker."""
+    """The model could not be loaded, or no page can run under the settings: no point in
+    restarting this worker."""
 
     worker_id: int
     label: str
     message: str
     exit_code: int
+    loading: bool = True  # False: the model loaded, the settings are what fails
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ def device_worker_main(
         started = time.perf_counter()
         try:
             recognitions = session.recognize_batch(images)
+        except BadArguments as exc:  # settings no page can run under (--token-budget too small)
+            results.put(WorkerFailed(worker_id, slot.label, str(exc), int(exc.exit_code), False))
+            return
         except Exception as exc:  # one bad batch must not take the device down
             results.put(BatchFailed(worker_id, batch_id, describe_error(exc)))
             continue

@@ -27,6 +27,8 @@ class WorkerOptions:
     max_new_tokens: int
     repetition_guard: bool
     torch_threads: int | None = None
+    max_batch: int | None = None  # rows decoded at once (continuous batching)
+    token_budget: int | None = None  # KV-cache positions across those rows
 
 
 class ModelSession:
@@ -55,11 +57,12 @@ class ModelSession:
     def device(self) -> str:
         return str(self.recognizer.device)
 
-    @staticmethod
-    def _rows(items: list) -> int | None:
-        """Rows decoded at once for a batch holding line crops: `LINE_ROWS_PER_PAGE` per page of
-        the batch (a crop is a fraction of a page's image tokens; the rows refill as lines
-        finish), instead of every line of every page at once. None for whole pages, as before."""
+    def _rows(self, items: list) -> int | None:
+        """Rows decoded at once: `--max-batch` when given; for a batch holding line crops,
+        `LINE_ROWS_PER_PAGE` per page of the batch (a crop is a fraction of a page's image
+        tokens; the rows refill as lines finish); else every page of the batch at once."""
+        if self.options.max_batch is not None:
+            return self.options.max_batch
         if not any(isinstance(item, list) for item in items):
             return None
         return LINE_ROWS_PER_PAGE * len(items)
@@ -83,6 +86,7 @@ class ModelSession:
                 max_new_tokens=self.options.max_new_tokens,
                 repetition_guard=self.options.repetition_guard,
                 max_batch=self._rows(items),
+                token_budget=self.options.token_budget,
             )
             if images
             else []

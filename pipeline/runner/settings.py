@@ -47,6 +47,10 @@ class RunSettings:
     pdf_password: str | None = field(default=None, repr=False)
     max_image_pixels: int = IngestSettings.max_image_pixels
     batch_size: int = 8
+    # Rows the engine decodes at once, refilled as pages finish (continuous batching), and the
+    # KV-cache positions all rows may hold; None: every page of a batch at once.
+    max_batch: int | None = None
+    token_budget: int | None = None
     max_attempts: int = 3
     batch_timeout: float = 0  # 0: derived from the token budget (`batch_timeout_s`)
     formats: tuple[str, ...] = OUTPUT_FORMATS
@@ -78,6 +82,9 @@ class RunSettings:
             raise BadArguments("--loaders must be 0 (automatic) or more")
         for name in ("batch_size", "max_attempts", "dpi", "max_new_tokens"):
             if getattr(self, name) < 1:
+                raise BadArguments(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_batch", "token_budget"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadArguments(f"--{name.replace('_', '-')} must be at least 1")
         if self.batch_timeout < 0:
             raise BadArguments("--batch-timeout must be 0 (automatic) or more seconds")

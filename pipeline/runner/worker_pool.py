@@ -178,9 +178,8 @@ class LocalWorkerPool(WorkerPool):
             )
             yield WorkerUp(message.label, message.load_s, visible_devices=message.visible_devices)
         elif isinstance(message, WorkerFailed):
-            error = AnandaSkyError(
-                f"worker {message.label} could not load the model: {message.message}"
-            )
+            what = "could not load the model" if message.loading else "cannot run a batch"
+            error = AnandaSkyError(f"worker {message.label} {what}: {message.message}")
             error.exit_code = ExitCode(message.exit_code)
             yield PoolFailed(error)
         elif isinstance(message, BatchDone):
@@ -240,4 +239,6 @@ def worker_options(settings: RunSettings, slots: list[WorkerSlot], prompt: str) 
         max_new_tokens=settings.max_new_tokens,
         repetition_guard=settings.repetition_guard,
         torch_threads=threads,
+        max_batch=settings.max_batch,
+        token_budget=settings.token_budget,
     )
