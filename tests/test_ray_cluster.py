@@ -198,3 +198,37 @@ def test_node_lost_mid_run_gives_its_pages_back_uncharged_and_a_joining_node_fin
     assert f"#{joined.node_id[:6]}/cpu:0 ready" in log  # it joined mid-run and got an actor
     assert max(attempts(out)) == 0  # the lost pages were not charged
     cluster.remove_node(joined)
+
+
+def test_actor_killed_on_a_live_node_is_replaced_and_its_pages_are_not_charged(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """FAULT INJECTION: the node's first batch hangs (once: a marker file), so the actor
+    certainly holds pages when it is killed with SIGKILL; its replacement on the same node
+    does every page."""
+    out, hung = tmp_path / "out", tmp_path / "hung-once"
+    os.environ["ANANDASKY_TEST_FAULT"] = f"batch:hang:{hung}"
+    try:
+        node = cluster.add_node(**cluster.common_args, resources={"SOLO": 1})
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+    process = start_cli(*ray_args(pages, out, tiny_model_dir, cluster, "SOLO"))
+    try:
+        deadline = time.monotonic() + 180
+        while not hung.exists():  # the actor is inside its first batch, hanging
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the actor never took a batch"
+            time.sleep(0.1)
+        (pid,) = re.findall(r"actor \S+ placed \(pid (\d+)", (out / "run.log").read_text())
+        os.kill(int(pid), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        cluster.remove_node(node)
+    assert process.returncode == ExitCode.OK, stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    log = (out / "run.log").read_text()
+    assert re.search(r"worker \S+ lost: \w+; [1-9]\d* page\(s\) in flight", log), log
+    assert len(re.findall(r"actor \S+ placed", log)) == 2  # the first one and its replacement
+    assert max(attempts(out)) == 0
