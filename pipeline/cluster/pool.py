@@ -34,6 +34,7 @@ from pipeline.runner.worker_pool import MAX_WORKER_RESTARTS, WorkerPool, WorkerV
 
 log = logging.getLogger("anandasky")
 NODE_POLL_S = 3.0
+PLACE_WARNING_S = 60.0
 PLACE, LOAD = -1, 0  # batch ids of an actor's placement report and its model load
 ALL_GONE = (
     "every model actor of the Ray cluster is gone; see run.log. Unfinished pages stay "
@@ -53,6 +54,21 @@ class _Actor:
     outstanding: dict[int, list[ReadyPage]] = field(default_factory=dict)
     busy_since: float | None = None  # when the batch now computing started
     restarts: int = 0
+    created: float = field(default_factory=time.monotonic)
+    warned: bool = False  # about waiting to be placed
+
+
+def warn_unplaced(actors, resource: str) -> None:
+    """An actor Ray has not started after a minute is waiting for its unit: say so, once."""
+    now = time.monotonic()
+    for actor in actors:
+        if actor.place is None and not actor.warned and now - actor.created > PLACE_WARNING_S:
+            actor.warned = True
+            log.warning(
+                "actor %s not started by Ray after %.0f s: is its %s unit held by another "
+                "Ray job? (`ray status` shows what is in use)",
+                actor.label, now - actor.created, resource,
+            )  # fmt: skip
 
 
 @dataclass
@@ -181,7 +197,9 @@ class RayWorkerPool(WorkerPool):
             events += self._answer(ref)
         events += self._check_overdue()
         if not self.actors and not self.stopping:
-            events.append(PoolFailed(DevicesLost(ALL_GONE)))
+            events += self._sync_nodes()  # a node may have joined since the last look
+            if not self.actors:
+                events.append(PoolFailed(DevicesLost(ALL_GONE)))
         return events
 
     def shutdown(self, *, kill: bool) -> list[ReadyPage]:
@@ -215,6 +233,7 @@ class RayWorkerPool(WorkerPool):
             )  # fmt: skip
             for slot in range(node.slots):
                 self._start_actor(node, slot, restarts=0)
+        warn_unplaced(self.actors.values(), self.target.resource)
         for node_id in [n for n in self.nodes if n not in alive]:
             log.warning("node %s (%s) left the cluster", self.nodes[node_id].ip, node_id[:8])
             del self.nodes[node_id]
