@@ -46,3 +46,19 @@ def test_device_ids_with_ray_are_refused_before_any_cluster_is_joined(tmp_path, 
     )
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
     assert "--devices 0,1 with --ray" in result.stderr
+
+
+def test_ray_settings_are_stored_for_resume_but_not_fingerprinted(tiny_model_dir):
+    """A run may move between one machine and a cluster (or another cluster) and keep its pages;
+    `resume` joins the cluster the first run named."""
+    from pipeline.runner.settings import RunSettings
+
+    def settings(**ray) -> RunSettings:
+        return RunSettings(inputs=("in",), out_dir="out", model_dir=str(tiny_model_dir), **ray)
+
+    on_cluster = settings(ray="10.0.0.1:6379", ray_resource="NPU")
+    fingerprint = {"model_checksum": "m", "prompt": "p", "device_type": "npu", "code_checksum": ""}
+    assert on_cluster.fingerprint(**fingerprint) == settings().fingerprint(**fingerprint)
+    resumed = RunSettings.from_stored(on_cluster.to_stored())
+    assert (resumed.ray, resumed.ray_resource) == ("10.0.0.1:6379", "NPU")
+    assert RunSettings.from_stored(on_cluster.to_stored(), ray="auto").ray == "auto"
