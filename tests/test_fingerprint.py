@@ -160,4 +160,4 @@ def test_a_store_from_before_line_layout_is_not_continued_in_lines_mode(tmp_path
         db.execute("UPDATE run_config SET fingerprint = ?", (json.dumps(old, sort_keys=True),))
     result = cli_run(scans, out, model, "--layout", "lines")
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
-    assert "layout: (not set) -> \"lines\"" in result.stderr and "--new-config" in result.stderr
+    assert 'layout: (not set) -> "lines"' in result.stderr and "--new-config" in result.stderr

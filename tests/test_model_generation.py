@@ -49,9 +49,7 @@ def pages(count: int, seed: int = 0) -> list[Image.Image]:
 
 def prompt_embeddings(recognizer, count: int, seed: int = 0):
     with torch.inference_mode():
-        return recognizer.prompt_embeddings(
-            pages(count, seed), "Recognize the text in this image."
-        )
+        return recognizer.prompt_embeddings(pages(count, seed), "Recognize the text in this image.")
 
 
 def test_cached_decode_logits_equal_a_full_forward_pass(recognizer) -> None:

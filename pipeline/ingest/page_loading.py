@@ -85,9 +85,7 @@ def load_page_image(
     return source_changed(Path(path), registered) or result
 
 
-def with_layout(
-    loaded: LoadedImage, request: LayoutRequest, max_pixels: int | None
-) -> LoadedImage:
+def with_layout(loaded: LoadedImage, request: LayoutRequest, max_pixels: int | None) -> LoadedImage:
     """Detect the page's lines; a detector failure is not the page's: it is recognised without
     line positions and the reason travels with it. For crops, `loaded.image` is the full page."""
     from pipeline.layout import crop_lines, detect_layout
