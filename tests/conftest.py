@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 # (tests/data/SOURCES.md): a fresh clone runs its tests with nothing beside it.
 TESTDATA = REPO / "tests" / "data"
 SCHEMAS = TESTDATA / "schemas"
+GOOD_PAGES = {  # relpath under the input folder -> page count
+    "handwriting/170025120000003,0074.jpg": 1,
+    "handwriting/btv1b84473026_f10.jpg": 1,
+    "pdf/olmocr_mattsnotes_3p.pdf": 3,
+    "pdf/vicksburg_sample_ocr_6p.pdf": 6,
+    "vertical/jp_vert.jpg": 1,
+    "vertical/ndl_3508165_9.jpg": 1,
+}
 
 
 @functools.cache
@@ -73,3 +82,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def good_input(tmp_path_factory, testdata) -> Path:
+    """The real test pages, linked into a folder of our own so the run sees only these."""
+    root = tmp_path_factory.mktemp("scans")
+    for relpath in GOOD_PAGES:
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(testdata / "pages" / relpath, target)
+    return root

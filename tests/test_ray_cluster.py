@@ -76,13 +76,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory, testdata) -> Path:
-    root = tmp_path_factory.mktemp("scans")
-    for relpath in GOOD_PAGES:
-        target = root / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(testdata / "pages" / relpath, target)
-    return root
+def pages(good_input) -> Path:
+    return good_input
 
 
 @pytest.fixture(scope="module")

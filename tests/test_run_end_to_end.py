@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_valid_alto
+from conftest import GOOD_PAGES, assert_valid_alto
 
 from pipeline.errors import ExitCode
 from pipeline.jobs.sqlite_store import JobStore
@@ -26,14 +26,6 @@ from pipeline.outputs.alto import alto_to_text
 
 pytestmark = pytest.mark.slow
 
-GOOD_PAGES = {  # relpath under the input folder -> page count
-    "handwriting/170025120000003,0074.jpg": 1,
-    "handwriting/btv1b84473026_f10.jpg": 1,
-    "pdf/olmocr_mattsnotes_3p.pdf": 3,
-    "pdf/vicksburg_sample_ocr_6p.pdf": 6,
-    "vertical/jp_vert.jpg": 1,
-    "vertical/ndl_3508165_9.jpg": 1,
-}
 RUN_OPTIONS = ["--device", "cpu", "--max-new-tokens", "12", "--dpi", "100", "--batch-size", "4"]
 
 
@@ -111,17 +103,6 @@ def wait_for_done(
             pytest.fail(f"run ended early: {process.communicate()}")
         time.sleep(0.05)
     pytest.fail(f"no {at_least} pages done within {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def good_input(tmp_path_factory, testdata) -> Path:
-    """The real test pages, linked into a folder of our own so the run sees only these."""
-    root = tmp_path_factory.mktemp("scans")
-    for relpath in GOOD_PAGES:
-        target = root / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(testdata / "pages" / relpath, target)
-    return root
 
 
 @pytest.fixture(scope="module")
