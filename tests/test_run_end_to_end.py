@@ -124,8 +124,10 @@ def test_two_cpu_workers_share_the_pages_and_each_sees_one_device(
     tmp_path, good_input, tiny_model_dir
 ):
     out = tmp_path / "out"
-    # Pages long enough that the second worker is ready before the first has taken them all.
-    slow = ("--workers", "2", "--max-new-tokens", "300", "--no-repetition-guard")
+    # Pages long enough, one per batch, that the second worker is ready before the first has
+    # taken them all; no line detection, whose CPU use would slow the second worker's start.
+    slow = ("--workers", "2", "--max-new-tokens", "600", "--no-repetition-guard")
+    slow += ("--batch-size", "1", "--detector", "none")
     result = cli(*run_args(good_input, out, tiny_model_dir, *slow))
     assert result.returncode == ExitCode.OK, result.stderr
     assert_complete_outputs(out, GOOD_PAGES)
