@@ -158,6 +158,9 @@ class LocalWorkerPool(WorkerPool):
                 worker.kill()
             else:
                 worker.stop()
+        # Wake-ups nobody will read must not hold the process at exit (a feeder thread blocked
+        # on a full pipe once its reader, this process, stopped reading).
+        self.results.cancel_join_thread()
         return in_flight
 
     # -- inside -----------------------------------------------------------------------------
