@@ -22,7 +22,7 @@ from lxml import etree
 
 from pipeline.export.geometry import PageGeometry, read_geometry
 from pipeline.jobs.records import DocumentPages, PageState
-from pipeline.outputs.alto import ALTO_NS
+from pipeline.outputs.alto import read_alto
 from pipeline.outputs.page_files import PAGES_DIR, output_folder, page_output_paths
 
 DONE, FAILED, PENDING, MISSING = "done", "failed", "pending", "missing"
@@ -194,9 +194,7 @@ def load_page(page: PageSource) -> PageContent:
 
 def parse_alto(data: bytes, finished_at: str | None = None) -> PageContent:
     """Structure and confidences of an ALTO file as `pipeline.outputs.alto.build_alto` writes it."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
-    root = etree.fromstring(data, parser)
-    ns = root.nsmap.get(None, ALTO_NS)
+    root, ns = read_alto(data)
     page = root.find(f".//{{{ns}}}Page")
     if page is None:
         raise ValueError("the ALTO file has no Page")

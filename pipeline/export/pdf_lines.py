@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pipeline.outputs.alto import ALTO_NS
+from pipeline.outputs.alto import read_alto, textline_text
 
 from .pages import PageContent, line_text
 
@@ -90,18 +90,6 @@ def _direction(el: etree._Element, inherited: str | None) -> str | None:
     return el.get("BASEDIRECTION") or inherited
 
 
-def _text(line: etree._Element) -> str:
-    """The line's text as `pages.parse_alto` (and so the run's TXT) reads it."""
-    parts = []
-    for el in line:
-        tag = etree.QName(el).localname
-        if tag in ("String", "HYP"):
-            parts.append(el.get("CONTENT", ""))
-        elif tag == "SP":
-            parts.append(" ")
-    return "".join(parts).strip()
-
-
 def _is_vertical(direction: str | None, box: Box | None, text: str) -> bool:
     if direction is not None:
         return direction in _VERTICAL_DIRECTIONS
@@ -129,9 +117,7 @@ def layout_rows(area: Box, texts: list[str], vertical: bool) -> list[PlacedLine]
 
 
 def _from_alto(data: bytes) -> PageLines:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
-    root = etree.fromstring(data, parser)
-    ns = root.nsmap.get(None, ALTO_NS)
+    root, ns = read_alto(data)
     page = root.find(f".//{{{ns}}}Page")
     if page is None:
         raise ValueError("the ALTO file has no Page")
@@ -143,7 +129,7 @@ def _from_alto(data: bytes) -> PageLines:
         block_dir = _direction(block, None)
         block_box = _box(block, ns)
         for line in block.iter(f"{{{ns}}}TextLine"):
-            text = _text(line)
+            text = textline_text(line).strip()
             if not text:
                 continue
             box, direction = _box(line, ns), _direction(line, block_dir)

@@ -374,23 +374,31 @@ def write_lines_blocks(space: etree._Element, rec: Recognition, layout: Any, n: 
 # ---- reading ----------------------------------------------------------------------------
 
 
+def read_alto(data: bytes) -> tuple[etree._Element, str]:
+    """An ALTO file's root element (parsed without entities or network) and its namespace."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+    root = etree.fromstring(data, parser)
+    return root, root.nsmap.get(None, ALTO_NS)
+
+
+def textline_text(line: etree._Element) -> str:
+    """A TextLine's text: its Strings and HYPs, SP as one space."""
+    parts = []
+    for el in line:
+        tag = etree.QName(el).localname
+        if tag in ("String", "HYP"):
+            parts.append(el.get("CONTENT", ""))
+        elif tag == "SP":
+            parts.append(" ")
+    return "".join(parts)
+
+
 def alto_to_text(alto_bytes: bytes) -> str:
     """Plain text of an ALTO file: SP -> space, line -> newline, block -> blank line."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
-    root = etree.fromstring(alto_bytes, parser)
-    ns = root.nsmap.get(None, ALTO_NS)
+    root, ns = read_alto(alto_bytes)
     blocks = []
     for block in root.iter(f"{{{ns}}}TextBlock"):
-        lines = []
-        for line in block.iter(f"{{{ns}}}TextLine"):
-            parts = []
-            for el in line:
-                tag = etree.QName(el).localname
-                if tag in ("String", "HYP"):
-                    parts.append(el.get("CONTENT", ""))
-                elif tag == "SP":
-                    parts.append(" ")
-            lines.append("".join(parts))
+        lines = [textline_text(line) for line in block.iter(f"{{{ns}}}TextLine")]
         if lines:
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
