@@ -281,11 +281,13 @@ class RemoteRecognizer:
             if not pages:
                 continue
             recognitions = self.recognize(
-                [image for _, image in pages],
+                [page[1] for page in pages],
                 prompt=prompt,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=[
+                    min(page[2], max_new_tokens) if page[2:] else max_new_tokens for page in pages
+                ],
                 repetition_guard=repetition_guard,
                 max_batch=max_batch,
                 token_budget=token_budget,
             )
-            yield from zip([key for key, _ in pages], recognitions, strict=True)
+            yield from zip([page[0] for page in pages], recognitions, strict=True)

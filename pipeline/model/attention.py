@@ -146,6 +146,29 @@ def decode_attention(
     return out.reshape(b, h, 1, d)
 
 
+def decode_attention_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    row_keys: list[int],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """`decode_attention` with one call per row over exactly that row's keys.
+
+    q `(B, H, 1, D)`, k/v `(B, Hk, capacity, D)`; row i attends to its first `row_keys[i]` keys.
+    A continuous batch mixes rows of very different lengths, and one masked call reads every
+    row's keys up to the longest row; when that padding outweighs a call's fixed cost (see
+    `generation.attend_row_by_row`) this reads only the keys that exist. Each row's call is the
+    one that row gets decoded alone.
+    """
+    return torch.cat(
+        [
+            decode_attention(q[i : i + 1], k[i : i + 1, :, :n], v[i : i + 1, :, :n], None, scale)
+            for i, n in enumerate(row_keys)
+        ]
+    )
+
+
 @functools.cache
 def _npu_causal_mask(device: torch.device) -> torch.Tensor:
     ones = torch.ones(_NPU_MASK_SIZE, _NPU_MASK_SIZE, dtype=torch.bool, device=device)

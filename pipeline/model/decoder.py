@@ -15,7 +15,12 @@ import itertools
 import torch
 from torch import nn
 
-from pipeline.model.attention import decode_attention, rotate_half, varlen_attention
+from pipeline.model.attention import (
+    decode_attention,
+    decode_attention_rows,
+    rotate_half,
+    varlen_attention,
+)
 from pipeline.model.packed import PackedLinears
 
 
@@ -194,11 +199,14 @@ class NativeDecoder:
         cache: KVCache,
         key_len: int,
         mask: torch.Tensor | None,
+        row_keys: list[int] | None = None,
     ) -> torch.Tensor:
         """One new token per row: embeds `(B, hidden)` at `positions` `(B,)`; returns `(B, hidden)`.
 
         Keys `[0, key_len)` of the cache take part; `mask` `(B, 1, 1, key_len)` hides the slots a
-        shorter row does not have (None when every row has the same length).
+        shorter row does not have (None when every row has the same length). With `row_keys`
+        (each row's key count, new token included) attention runs row by row over exactly those
+        keys instead, and `mask` is not used.
         """
         rows = embeds.shape[0]
         cos, sin = self.rope(positions, key_len, embeds.dtype)
@@ -214,9 +222,12 @@ class NativeDecoder:
             k = k * cos + rotate_half(k) * sin
             cache.k[li, row_idx, :, positions] = k[:, :, 0]
             cache.v[li, row_idx, :, positions] = v[:, 0]
-            keys = cache.k[li, :, :, :key_len]
-            values = cache.v[li, :, :, :key_len]
-            out = decode_attention(q, keys, values, mask)  # (B, H, 1, D), kv heads not expanded
+            if row_keys is not None:
+                out = decode_attention_rows(q, cache.k[li], cache.v[li], row_keys)
+            else:  # (B, H, 1, D), kv heads not expanded
+                keys = cache.k[li, :, :, :key_len]
+                values = cache.v[li, :, :, :key_len]
+                out = decode_attention(q, keys, values, mask)
             x = x + lin(layer.self_attn.o_proj, out.transpose(1, 2).reshape(rows, 1, -1))
             x = self._mlp_block(layer, x, lin)
         return x[:, 0]

@@ -156,7 +156,12 @@ class GenerationEngine:
         longest = max(batch.host_lengths)
         batch.cache.ensure(longest + 1)
         logits = self.forward_step(
-            batch.cache, batch.lengths, longest, min(batch.host_lengths) == longest, tokens
+            batch.cache,
+            batch.lengths,
+            longest,
+            min(batch.host_lengths) == longest,
+            tokens,
+            row_lengths=batch.host_lengths,
         )
         batch.lengths = batch.lengths + 1
         batch.host_lengths = [n + 1 for n in batch.host_lengths]
@@ -169,16 +174,25 @@ class GenerationEngine:
         longest: int,
         uniform: bool,
         tokens: torch.Tensor,
+        row_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """One decode step over every row of `cache` (each row holds `positions[row]` tokens, at
-        most `longest`; `uniform` when all hold the same number, so no key mask is needed)."""
+        most `longest`; `uniform` when all hold the same number, so no key mask is needed).
+
+        `row_lengths`: `positions` on the host, when the caller has them; lets a step whose rows
+        differ much in length attend row by row (`attend_row_by_row`) instead of over padding.
+        """
         dec = self.decoder
         key_len = longest + 1
-        mask = None
-        if not uniform:  # rows differ: hide slots past each row's end
+        mask = row_keys = None
+        if uniform:
+            pass
+        elif row_lengths is not None and attend_row_by_row(row_lengths, cache.k, longest):
+            row_keys = [n + 1 for n in row_lengths]
+        else:  # rows differ: hide slots past each row's end
             slots = torch.arange(key_len, device=positions.device)
             mask = (slots[None, :] <= positions[:, None])[:, None, None, :]
-        hidden = dec.decode(dec.embed(tokens), positions, cache, key_len, mask)
+        hidden = dec.decode(dec.embed(tokens), positions, cache, key_len, mask, row_keys)
         return dec.logits(hidden, dec.step_linear)
 
     @staticmethod
@@ -240,6 +254,24 @@ class GenerationEngine:
                     tracker.keep(index)
             logits = self.step(batch, tokens)
         return results
+
+
+# Padding (keys and values read for slots a row does not have) per row, in bytes per layer, above
+# which one attention call per row costs less than one masked call for the batch. On this 2-core
+# EPYC a CPU SDPA call costs ~8 us and a cached key+value ~70 ns per row at the seed model's
+# 4 x 64 kv dims (2 KiB): ~115 keys or ~230 KiB break even (bench/continuous_batching.py,
+# BENCHMARKS.md section 9). Accelerators keep one call: a launch there costs far more.
+ROW_BY_ROW_MIN_PADDING_BYTES = 192 * 1024
+
+
+def attend_row_by_row(row_lengths: Sequence[int], cache_k: torch.Tensor, longest: int) -> bool:
+    """Whether a CPU decode step should attend row by row: its rows' padding up to `longest`
+    outweighs one attention call per row (`ROW_BY_ROW_MIN_PADDING_BYTES`)."""
+    if cache_k.device.type != "cpu" or len(row_lengths) < 2:
+        return False
+    padding = len(row_lengths) * longest - sum(row_lengths)
+    per_key = 2 * cache_k.shape[2] * cache_k.shape[4] * cache_k.element_size()
+    return padding * per_key > ROW_BY_ROW_MIN_PADDING_BYTES * len(row_lengths)
 
 
 def per_page(max_new_tokens: int | Sequence[int], count: int) -> list[int]:

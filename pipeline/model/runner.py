@@ -103,7 +103,12 @@ class BatchRunner:
         if self.lengths is None:  # the batch changed since the last step
             self.lengths = torch.tensor(host, device=self.pending.device)
         logits = self.engine.forward_step(
-            self.cache.view(n), self.lengths, longest, min(host) == longest, self.pending[:n]
+            self.cache.view(n),
+            self.lengths,
+            longest,
+            min(host) == longest,
+            self.pending[:n],
+            row_lengths=host,
         )
         self.lengths = self.lengths + 1
         return self._choose(list(range(n)), logits)

@@ -50,8 +50,9 @@ class ScheduledRecognizer(Protocol):
 
 
 # feed(n, block) -> up to n (key, image) pages ([] = none ready now) or None (no more, ever);
-# block=True: nothing is being decoded, so wait for a page (or return None).
-PageFeed = Callable[[int, bool], "list[tuple[Hashable, Image.Image]] | None"]
+# block=True: nothing is being decoded, so wait for a page (or return None). A page may come as
+# (key, image, max_new_tokens) to give it its own token budget (at most the stream's).
+PageFeed = Callable[[int, bool], "list[tuple] | None"]
 
 
 def prompt_length(rec: ScheduledRecognizer, image: Image.Image, prompt: str) -> int:
@@ -125,11 +126,12 @@ def continuous_stream(
         if pages is None:
             return None
         seqs = []
-        for key, image in pages:
+        for key, image, *budget in pages:
             i = next(counter)
             keys[i], images[i] = key, image
             length = prompt_length(rec, image, prompt)
-            (limit,) = token_limits(max_new_tokens, [length], max_positions)
+            wanted = min(budget[0], max_new_tokens) if budget else max_new_tokens
+            (limit,) = token_limits(wanted, [length], max_positions)
             seqs.append(Seq(i, length, limit))
         return seqs
 
