@@ -1,4 +1,4 @@
-"""Row-by-row decode attention (CPU) and per-page token budgets in a stream.
+"""Row-by-row decode attention (CPU); a stream's per-page token budgets and encoding ahead.
 
 A continuous batch mixes rows of very different lengths; one masked attention call reads every
 row's keys up to the longest row. On the CPU, when that padding is large, each row attends over
@@ -116,3 +116,36 @@ def test_a_stream_page_may_carry_its_own_token_budget(recognizer) -> None:
         want = recognizer.recognize([image], max_new_tokens=min(budget, 20), repetition_guard=False)
         assert got[i].text == want[0].text, i
         assert len(got[i].token_ends) == min(budget, 20), i
+
+
+def test_a_stream_encodes_its_held_pages_a_batch_at_a_time(recognizer, monkeypatch) -> None:
+    """Pages wait beyond the free rows, so the vision encoder gets them `max_batch` at a time
+    rather than one by one as rows free up; each page is encoded once and decodes as alone."""
+    images = pages(12, seed=21)
+    budgets = [1 + (7 * i) % 23 for i in range(12)]  # rows free one or two at a time
+    encoded: list[int] = []
+    embeddings = recognizer.prompt_embeddings
+
+    def counted(batch, prompt):
+        encoded.append(len(batch))
+        return embeddings(batch, prompt)
+
+    monkeypatch.setattr(recognizer, "prompt_embeddings", counted)
+    waiting = [(i, im, n) for i, (im, n) in enumerate(zip(images, budgets, strict=True))]
+
+    def feed(n: int, block: bool):
+        if not waiting:
+            return None
+        taken = waiting[:n]
+        del waiting[:n]
+        return taken
+
+    got = dict(
+        recognizer.recognize_stream(feed, max_new_tokens=30, repetition_guard=False, max_batch=4)
+    )
+    assert sum(encoded) == len(images)
+    assert len(encoded) <= 4 and max(encoded) == 4, encoded  # not 12 calls of one page
+    monkeypatch.undo()
+    for i, (image, budget) in enumerate(zip(images, budgets, strict=True)):
+        want = recognizer.recognize([image], max_new_tokens=budget, repetition_guard=False)
+        assert got[i].text == want[0].text, i

@@ -123,12 +123,14 @@ class ContinuousEngine:
         *,
         slots: int,
         max_capacity: int,
+        lookahead: int = 0,
     ) -> Iterator[Seq]:
         """Decode pages as `feed` hands them over, `slots` at a time; yield each when it stops.
 
         `max_capacity`: cache positions per row, at least every page's prompt + token budget.
+        `lookahead`: pages to hold beyond the free rows, for an `embed` that encodes ahead.
         """
         runner = BatchRunner(
-            self.engine, feed, embed, repetition_guard, slots, max_capacity, max_capacity
+            self.engine, feed, embed, repetition_guard, slots, max_capacity, max_capacity, lookahead
         )
         return runner.run()

@@ -44,8 +44,10 @@ class BatchRunner:
         slots: int,
         max_capacity: int,
         max_steps: int,
+        lookahead: int = 0,
     ) -> None:
         self.engine = engine
+        self.lookahead = lookahead  # pages taken from the feed beyond the free rows
         self.dec = engine.decoder
         self.feed = feed
         self.exhausted = False
@@ -73,9 +75,10 @@ class BatchRunner:
                 self._refill([])
 
     def _pull(self, finished: list[int]) -> None:
-        """Ask the feed for as many pages as rows will be free, unless some already wait."""
+        """Ask the feed for as many pages as rows will be free (and `lookahead` more, so that
+        `embed` can encode pages together ahead of their turn), less those already waiting."""
         live = len(self.sched.running) - len(finished)
-        wanted = self.slots - live - len(self.sched.waiting)
+        wanted = self.slots + self.lookahead - live - len(self.sched.waiting)
         if self.exhausted or wanted <= 0:
             return
         got = self.feed(wanted, live == 0 and not self.sched.waiting)

@@ -118,7 +118,7 @@ def continuous_stream(
     capacity = min(max_positions, longest + max_new_tokens)
     slots = plan_slots(capacity, max_batch, max_batch, token_budget)
     keys: dict[int, Hashable] = {}
-    images: dict[int, Image.Image] = {}
+    encoder = HeldPages(rec, prompt, chunk=slots)
     counter = itertools.count()
 
     def seq_feed(n: int, block: bool) -> list[Seq] | None:
@@ -128,18 +128,18 @@ def continuous_stream(
         seqs = []
         for key, image, *budget in pages:
             i = next(counter)
-            keys[i], images[i] = key, image
+            keys[i] = key
+            encoder.hold(i, image)
             length = prompt_length(rec, image, prompt)
             wanted = min(budget[0], max_new_tokens) if budget else max_new_tokens
             (limit,) = token_limits(wanted, [length], max_positions)
             seqs.append(Seq(i, length, limit))
         return seqs
 
-    def embed(indices: list[int]) -> torch.Tensor:
-        return rec.prompt_embeddings([images.pop(i) for i in indices], prompt)[0]
-
+    # Up to `slots` pages wait beyond the free rows, so their images are encoded a batch at a
+    # time (the vision encoder runs far better on a batch than page by page as rows free up).
     run = ContinuousEngine(rec.engine).stream(
-        seq_feed, embed, guard, slots=slots, max_capacity=capacity
+        seq_feed, encoder, guard, slots=slots, max_capacity=capacity, lookahead=slots
     )
     while True:
         # The contexts hold only while the engine runs, not while the caller has the result.
@@ -147,5 +147,37 @@ def continuous_stream(
             seq = next(run, None)
         if seq is None:
             return
-        images.pop(seq.index, None)
+        encoder.drop(seq.index)
         yield keys.pop(seq.index), rec._to_recognition(seq.result)
+
+
+class HeldPages:
+    """The images of a stream's pages between the feed and the batch, encoded `chunk` at a time.
+
+    When a page's prompt embeddings are first needed, it is encoded together with the other
+    held pages not encoded yet (oldest first, up to `chunk` in all); at most the held pages'
+    embeddings are kept.
+    """
+
+    def __init__(self, rec: ScheduledRecognizer, prompt: str, chunk: int) -> None:
+        self.rec, self.prompt, self.chunk = rec, prompt, max(chunk, 1)
+        self.images: dict[int, Image.Image] = {}  # held, not encoded yet (insertion = arrival)
+        self.ready: dict[int, torch.Tensor] = {}
+
+    def hold(self, index: int, image: Image.Image) -> None:
+        self.images[index] = image
+
+    def drop(self, index: int) -> None:
+        self.images.pop(index, None)
+        self.ready.pop(index, None)
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        missing = [i for i in indices if i not in self.ready]
+        if missing:
+            others = [i for i in self.images if i not in missing]
+            todo = missing + others[: max(self.chunk - len(missing), 0)]
+            embeds, lengths = self.rec.prompt_embeddings(
+                [self.images.pop(i) for i in todo], self.prompt
+            )
+            self.ready.update(zip(todo, torch.split(embeds, lengths), strict=True))
+        return torch.cat([self.ready.pop(i) for i in indices])
