@@ -4,18 +4,26 @@ local worker process does, so a page is recognised the same way on any node.
 Page images cross the network through Ray's object store as lossless PNG (pixels unchanged,
 a fraction of the raw size); the actor decodes them before the model sees them. Anything in a
 batch that is not an image travels as Ray pickles it.
+
+The actor is threaded: each `recognize` call puts its batch on a queue and waits for its
+answer, while one thread serves the queue through one continuous batch (`JobStream`), so the
+batches the driver keeps outstanding share the device's rows instead of running one by one.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
-import time
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from PIL import Image
 
-from pipeline.runner.device_worker import describe_error
+from pipeline.errors import BadArguments
+from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error
 from pipeline.runner.model_session import ModelSession, WorkerOptions
 
 
@@ -74,14 +82,19 @@ class ActorFailed:
 
 
 class ModelActor:
-    """Wrapped with `ray.remote` by the pool; methods run one at a time, in call order."""
+    """Wrapped with `ray.remote` (threaded, `max_concurrency`) by the pool: `place` and `load`
+    first, then `recognize` calls that run concurrently, one per batch out."""
 
     def __init__(self, options: WorkerOptions, device_type: str, resource: str) -> None:
         self.options = options
         self.device_type = device_type
         self.resource = resource
         self.session: ModelSession | None = None
-        self.idle_since = time.perf_counter()
+        self.jobs: queue.Queue = queue.Queue()
+        self.waiting: dict[int, Future] = {}  # job id -> its answer, while queued or decoding
+        self.lock = threading.Lock()
+        self.job_ids = itertools.count()
+        self.refusal: str | None = None  # set when the stream cannot serve anything any more
 
     def place(self) -> ActorPlace:
         import ray
@@ -110,17 +123,43 @@ class ModelActor:
         except Exception as exc:  # reported to the driver, which stops the run
             code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
             return ActorFailed(describe_error(exc), int(code))
-        self.idle_since = time.perf_counter()
+        threading.Thread(target=self._serve, name="job-stream", daemon=True).start()
         return ActorReady(self.session.device, self.session.load_s)
 
     def recognize(self, packed: list) -> tuple:
         """("done", recognitions, infer_s, wait_s) or ("failed", error) for one batch."""
-        started = time.perf_counter()
-        wait_s = started - self.idle_since
+        items = [unpack(item) for item in packed]
+        answer: Future = Future()
+        with self.lock:
+            if self.refusal is not None:
+                return ("failed", self.refusal)
+            job_id = next(self.job_ids)
+            self.waiting[job_id] = answer
+        self.jobs.put((job_id, items))
+        return answer.result()
+
+    def _serve(self) -> None:
+        """The stream thread: until the actor is killed, or nothing can run any more."""
+        stream = JobStream(self.session, lambda block: self.jobs.get(block=block), self._answer)
         try:
-            recognitions = self.session.recognize_batch([unpack(item) for item in packed])
-        except Exception as exc:  # one bad batch must not take the device down
-            return ("failed", describe_error(exc))
-        finally:
-            self.idle_since = time.perf_counter()
-        return ("done", recognitions, time.perf_counter() - started, wait_s)
+            stream.serve()
+            refusal = "the actor's batch stream ended"
+        except BadArguments as exc:  # settings no page can run under: every batch fails
+            refusal = describe_error(exc)
+        except Exception as exc:  # a fault no batch is to blame for
+            refusal = describe_error(exc)
+        with self.lock:
+            self.refusal = refusal
+            left, self.waiting = list(self.waiting.values()), {}
+        for answer in left:
+            answer.set_result(("failed", refusal))
+
+    def _answer(self, answer: JobDone | JobFailed) -> None:
+        with self.lock:
+            waiting = self.waiting.pop(answer.job_id, None)
+        if waiting is None:
+            return
+        if isinstance(answer, JobDone):
+            waiting.set_result(("done", answer.recognitions, answer.infer_s, answer.wait_s))
+        else:
+            waiting.set_result(("failed", answer.error))

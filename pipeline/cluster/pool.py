@@ -1,11 +1,11 @@
 """`RayWorkerPool`: the run's workers as Ray actors, one per unit of the chosen resource on
 every live node, found again every few seconds so nodes that join get actors.
 
-The driver keeps the role it has in a local run: it claims pages, sends batches (at most two
-outstanding per actor, so work goes to whoever is free and a slow or far node does less),
-and writes every result itself. A lost node or actor hands its in-flight pages back uncharged
-(`BatchLost(charged=False)`); a batch that fails or hangs inside a live actor is charged, as in
-a local run.
+The driver keeps the role it has in a local run: it claims pages, sends batches (at most
+`JOBS_PER_WORKER` outstanding per actor, so work goes to whoever is free and a slow or far node
+does less), and writes every result itself. A lost node or actor hands its in-flight pages
+back uncharged (`BatchLost(charged=False)`); a batch that fails or hangs inside a live actor is
+charged, as in a local run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from pipeline.runner.pool_events import (
     WorkerRestarted,
     WorkerUp,
 )
-from pipeline.runner.worker_pool import MAX_WORKER_RESTARTS, WorkerPool, WorkerView
+from pipeline.runner.worker_pool import (
+    JOBS_PER_WORKER,
+    MAX_WORKER_RESTARTS,
+    WorkerPool,
+    WorkerView,
+)
 
 log = logging.getLogger("anandasky")
 NODE_POLL_S = 3.0
@@ -52,7 +57,7 @@ class _Actor:
     place: ActorPlace | None = None
     ready: bool = False
     outstanding: dict[int, list[ReadyPage]] = field(default_factory=dict)
-    busy_since: float | None = None  # when the batch now computing started
+    busy_since: float | None = None  # since when an answer is due (last answer / sent idle)
     restarts: int = 0
     created: float = field(default_factory=time.monotonic)
     warned: bool = False  # about waiting to be placed
@@ -121,6 +126,8 @@ def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: Cl
     return remote.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         max_restarts=0,
+        # Threaded: every batch out waits in its own `recognize` call, plus place/load.
+        max_concurrency=JOBS_PER_WORKER + 2,
         **request,
     ).remote(options, target.device_type, resource)
 
@@ -150,7 +157,7 @@ class RayWorkerPool(WorkerPool):
         self._sync_nodes()
 
     def takers(self) -> list[WorkerView]:
-        free = [a for a in self.actors.values() if a.ready and len(a.outstanding) < 2]
+        free = [a for a in self.actors.values() if a.ready and len(a.outstanding) < JOBS_PER_WORKER]
         free.sort(key=lambda a: len(a.outstanding))
         return [WorkerView(a.key, a.label, len(a.outstanding)) for a in free]
 

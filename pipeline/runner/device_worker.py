@@ -1,4 +1,5 @@
-"""Device worker processes: one per device, each loads the model once and recognises batches.
+"""Device worker processes: one per device, each loads the model once and recognises batches
+(all of them through one continuous batch that never drains between them: `job_stream`).
 
 A worker owns nothing but its device: it receives page images, returns `Recognition`s, and
 reports how long it computed and how long it waited. Writing outputs and recording results is
@@ -20,6 +21,7 @@ from pipeline.errors import BadArguments
 from pipeline.records import Recognition
 from pipeline.runner.child_process import prepare_child_process
 from pipeline.runner.device_plan import WorkerSlot, pin_to_slot
+from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error
 from pipeline.runner.model_session import ModelSession, WorkerOptions
 
 
@@ -51,7 +53,9 @@ class BatchDone:
     batch_id: int
     recognitions: list[Recognition]
     infer_s: float
-    wait_s: float  # time the worker sat idle before this batch arrived
+    # Since the worker's previous answer: computing (`infer_s`) and waiting with nothing to
+    # decode (`wait_s`); batches overlap in the stream, these never do (`JobDone`).
+    wait_s: float
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,6 @@ class BatchFailed:
     worker_id: int
     batch_id: int
     error: str
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for an exception: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def device_worker_main(
@@ -92,30 +90,22 @@ def device_worker_main(
     results.put(
         WorkerReady(worker_id, slot.label, session.device, visible, os.getpid(), session.load_s)
     )
-    while True:
-        idle_since = time.perf_counter()
-        job = tasks.get()
-        if job is None:
-            return
-        batch_id, images = job
-        started = time.perf_counter()
-        try:
-            recognitions = session.recognize_batch(images)
-        except BadArguments as exc:  # settings no page can run under (--token-budget too small)
-            results.put(WorkerFailed(worker_id, slot.label, str(exc), int(exc.exit_code), False))
-            return
-        except Exception as exc:  # one bad batch must not take the device down
-            results.put(BatchFailed(worker_id, batch_id, describe_error(exc)))
-            continue
-        results.put(
-            BatchDone(
-                worker_id,
-                batch_id,
-                recognitions,
-                time.perf_counter() - started,
-                started - idle_since,
+
+    def answer(done: JobDone | JobFailed) -> None:
+        if isinstance(done, JobDone):
+            results.put(
+                BatchDone(worker_id, done.job_id, done.recognitions, done.infer_s, done.wait_s)
             )
-        )
+        else:
+            results.put(BatchFailed(worker_id, done.job_id, done.error))
+
+    # One continuous batch for every batch sent, answered batch by batch as each one's last
+    # page stops; the None sentinel ends it once the batches taken are answered.
+    stream = JobStream(session, lambda block: tasks.get(block=block), answer)
+    try:
+        stream.serve()
+    except BadArguments as exc:  # settings no page can run under (--token-budget too small)
+        results.put(WorkerFailed(worker_id, slot.label, str(exc), int(exc.exit_code), False))
 
 
 @dataclass
@@ -129,7 +119,8 @@ class DeviceWorker:
     ready: bool = False
     outstanding: dict[int, list] = field(default_factory=dict)
     restarts: int = 0
-    # When the batch at the head of the queue started (the worker computes one at a time).
+    # Since when an answer is due: the worker's last answer, or the moment work was sent to it
+    # idle (its batches overlap in one stream, so any answer shows it is alive).
     busy_since: float | None = None
 
     @classmethod
@@ -158,13 +149,13 @@ class DeviceWorker:
         self.tasks.put((batch_id, images))
 
     def finished(self, batch_id: int) -> list:
-        """The pages of a batch the worker answered; the next one queued starts now."""
+        """The pages of a batch the worker answered; the next answer is due from now."""
         pages = self.outstanding.pop(batch_id, [])
         self.busy_since = time.monotonic() if self.outstanding else None
         return pages
 
     def overdue(self, timeout_s: float) -> bool:
-        """The batch being computed has taken longer than `timeout_s`: the worker is hung."""
+        """No answer for `timeout_s` while batches are out: the worker is hung."""
         return self.busy_since is not None and time.monotonic() - self.busy_since > timeout_s
 
     @property

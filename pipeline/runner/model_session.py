@@ -5,6 +5,7 @@ recognised the same way wherever it runs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ class WorkerOptions:
     torch_threads: int | None = None
     max_batch: int | None = None  # rows decoded at once (continuous batching)
     token_budget: int | None = None  # KV-cache positions across those rows
+    # Rows of a worker's never-draining stream when --max-batch is not given: the run's
+    # --batch-size pages (x LINE_ROWS_PER_PAGE with --layout lines), see `worker_options`.
+    stream_rows: int | None = None
 
 
 class ModelSession:
@@ -66,6 +70,27 @@ class ModelSession:
         if not any(isinstance(item, list) for item in items):
             return None
         return LINE_ROWS_PER_PAGE * len(items)
+
+    @property
+    def stream_rows(self) -> int:
+        """Rows of `stream`: `--max-batch` when given, else `stream_rows` (8 when unset)."""
+        if self.options.max_batch is not None:
+            return self.options.max_batch
+        return self.options.stream_rows or 8
+
+    def stream(
+        self, feed: Callable[[int, bool], list | None]
+    ) -> Iterator[tuple[Hashable, Recognition]]:
+        """`recognize_stream` under this session's settings: one continuous batch fed by
+        `feed` (a `JobFeed`), never drained between jobs (`job_stream.JobStream` serves it)."""
+        return self.recognizer.recognize_stream(
+            feed,
+            prompt=self.options.prompt,
+            max_new_tokens=self.options.max_new_tokens,
+            repetition_guard=self.options.repetition_guard,
+            max_batch=self.stream_rows,
+            token_budget=self.options.token_budget,
+        )
 
     def recognize_batch(self, items: list[Image.Image | list[Image.Image]]) -> list[Recognition]:
         """One batch, one page-level `Recognition` per item, in order.

@@ -28,7 +28,7 @@ from pipeline.runner.progress import RunProgress
 from pipeline.runner.reregistration import SourceChanges
 from pipeline.runner.result_writer import ResultWriter, release_quietly
 from pipeline.runner.stopping import StopControl
-from pipeline.runner.worker_pool import WorkerPool
+from pipeline.runner.worker_pool import JOBS_PER_WORKER, WorkerPool
 
 log = logging.getLogger("anandasky")
 _POLL_S = 0.05
@@ -63,8 +63,8 @@ class Scheduler:
     def run(self, pending: PendingPages) -> None:
         """Until every page is done or failed, or the run stops (Ctrl-C, a fatal error)."""
         while not self.stop.aborting and self.fatal is None:
-            # Enough loaded pages for two batches per device, plus one per loader process.
-            prefetch = self.batch_size * max(1, self.workers.live_count()) * 2
+            # Loaded pages for every batch a device may hold, plus one per loader process.
+            prefetch = self.batch_size * max(1, self.workers.live_count()) * JOBS_PER_WORKER
             prefetch += self.loaders.processes
             if self.stop.stopping:
                 self.workers.begin_stop()

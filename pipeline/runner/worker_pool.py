@@ -26,7 +26,7 @@ from pipeline.runner.device_worker import (
     WorkerFailed,
     WorkerReady,
 )
-from pipeline.runner.model_session import WorkerOptions
+from pipeline.runner.model_session import LINE_ROWS_PER_PAGE, WorkerOptions
 from pipeline.runner.pool_events import (
     BatchLost,
     BatchResult,
@@ -41,6 +41,11 @@ log = logging.getLogger("anandasky")
 
 # A device whose worker keeps dying (driver fault, out of memory at load) is given up on.
 MAX_WORKER_RESTARTS = 3
+# Batches sent to a worker and not answered yet, at most (both pools' `takers`; the scheduler
+# keeps loaded pages for this many batches per worker). A worker decodes its batches in one
+# continuous batch and answers each when its last page stops, so a new batch arrives only then;
+# with 2 the rows stood empty behind one long page per batch.
+JOBS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,9 @@ class LocalWorkerPool(WorkerPool):
 
     def takers(self) -> list[WorkerView]:
         free = [
-            w for w in self.workers.values() if w.ready and not w.dead and len(w.outstanding) < 2
+            w
+            for w in self.workers.values()
+            if w.ready and not w.dead and len(w.outstanding) < JOBS_PER_WORKER
         ]
         free.sort(key=lambda w: len(w.outstanding))
         return [WorkerView(w.worker_id, w.slot.label, len(w.outstanding)) for w in free]
@@ -244,4 +251,5 @@ def worker_options(settings: RunSettings, slots: list[WorkerSlot], prompt: str) 
         torch_threads=threads,
         max_batch=settings.max_batch,
         token_budget=settings.token_budget,
+        stream_rows=settings.batch_size * (LINE_ROWS_PER_PAGE if settings.layout == "lines" else 1),
     )
