@@ -10,141 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
-from conftest import REPO, assert_valid_alto, assert_valid_xml
+import export_fixture
+from conftest import assert_valid_alto, assert_valid_xml
+from export_fixture import (
+    ALL,
+    ERROR,
+    UNDECODABLE,
+    XHTML,
+    M,
+    build_out,
+    folder,
+    transcription,
+)
 from lxml import etree
 
-from pipeline.errors import BadArguments, ExitCode
+from pipeline.errors import ExitCode
 from pipeline.export import export_collection
-from pipeline.export.mets import METS_NS, XLINK_NS
+from pipeline.export.mets import XLINK_NS
 from pipeline.export.page_xml import PAGE_NS
 from pipeline.jobs.records import printable
-from pipeline.jobs.sqlite_store import JobStore
-from pipeline.outputs.alto import PageMeta, alto_to_text, normalize_text, page_confidence
-from pipeline.outputs.page_files import page_output_paths, write_page_outputs
-from pipeline.records import Recognition
+from pipeline.outputs.alto import alto_to_text
+from pipeline.outputs.page_files import page_output_paths
 
-ALL = ("txt", "alto", "mets", "page", "hocr")
-XHTML = "{http://www.w3.org/1999/xhtml}"
-M = f"{{{METS_NS}}}"
-WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-
-# relpath -> page texts; None marks a page that fails for good, ... a page still pending.
-COLLECTION: dict[str, list] = {
-    "box1/letter.pdf": [
-        "Dear Sir,\nI write to you\tabout the  harvest.\n\nYours faithfully,\nJ. Smith",
-        "第一行漢字と仮名\n第二行：句読点。",
-        None,
-    ],
-    "box1/scroll.tif": ["天地玄黃 宇宙洪荒\n日月盈昃"],
-    "box2/odd%name\u00e9.png": ["Zeile eins\nZeile zwei — Ende"],
-    "box2/later.pdf": ["Begun, not finished.", ...],
-    os.fsdecode(b"box2/caf\xe9.jpg"): ["Latin-1 file name"],  # not valid UTF-8
-    "box2/blank.jpg": [""],  # the model saw no text: a real, empty transcription
-}
-UNDECODABLE = "box2/caf\\xe9.jpg"  # as the report (and `status`) print it
-ERROR = "recognition failed: device lost"
-
-
-def recognition(text: str, seed: int = 0) -> Recognition:
-    """Tokens of up to three characters with varied log-probabilities, as the model gives."""
-    ends = tuple(range(3, len(text), 3)) + ((len(text),) if text else ())
-    logprobs = tuple(-0.05 * ((i + seed) % 7) for i in range(len(ends)))
-    return Recognition(text, logprobs, ends, "eos")
-
-
-def build_out(out: Path, collection: dict[str, list] = COLLECTION) -> JobStore:
-    """An OUT folder as a run leaves it; returns the still-open (exclusive) store."""
-    store = JobStore.open(out)
-    for relpath, pages in collection.items():
-        store.sync_document(
-            relpath=relpath,
-            path=f"/archive/in/{relpath}",
-            sha256=f"{len(relpath):064x}",
-            size=1000 + len(pages),
-            mtime_ns=1,
-            kind="pdf" if relpath.endswith(".pdf") else "image",
-            format=relpath.rsplit(".", 1)[-1].upper(),
-            page_count=len(pages),
-        )
-    for task in store.pending_pages():
-        text = collection[task.relpath][task.page_index]
-        if text is ...:
-            continue
-        store.claim([task.page_id], "cpu")
-        if text is None:
-            store.fail(task.page_id, ERROR, max_attempts=3, fatal=True)
-        else:
-            finish_page(out, store, task, text)
-    store.fail_document(
-        relpath="box3/broken.pdf", path="/archive/in/box3/broken.pdf", reason="encrypted"
-    )
-    return store
-
-
-def finish_page(out: Path, store: JobStore, task, text: str) -> Recognition:
-    rec = recognition(text, task.page_index)
-    number = task.page_index + 1
-    meta = PageMeta(
-        task.relpath,
-        number,
-        1200 + number,
-        1800,
-        "anandasky",
-        "sha256:ab",
-        "Read.",
-        processing_datetime=WHEN,
-    )
-    write_page_outputs(out, task.relpath, number, rec, meta)
-    store.complete(
-        task.page_id,
-        device="cpu",
-        timings={"infer_s": 0.5},
-        confidence=page_confidence(rec),
-        num_tokens=rec.num_tokens,
-        stop_reason="eos",
-    )
-    return rec
-
-
-@pytest.fixture
-def run(tmp_path):
-    """The run's store stays open (and locked) while the tests export: export reads beside it."""
-    store = build_out(tmp_path / "out")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def out(run) -> Path:
-    return run.out_dir
-
-
-def transcription(relpath: str, number: int) -> str:
-    """What the page holds: the model's text as `normalize_text` defines it."""
-    return normalize_text(COLLECTION[relpath][number - 1])
-
-
-def folder(to: Path, relpath: str) -> Path:
-    report = json.loads((to / "export-report.json").read_text("utf-8"))
-    (entry,) = [d for d in report["documents"] if d["relpath"] == relpath]
-    return to / entry["folder"]
-
-
-def files_of(root: Path) -> dict[str, tuple[int, int]]:
-    """{relative name: (inode, mtime_ns)} of every file: a rewrite changes both."""
-    return {
-        str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".anandasky-export")
-    }
-
+# The OUT folder's fixtures (export_fixture.py), for pytest to pass in by name.
+run, out = export_fixture.run, export_fixture.out
 
 # ---- round trips -----------------------------------------------------------------------------
 
@@ -392,118 +283,3 @@ def test_pages_whose_outputs_are_gone_or_txt_only_are_reported(out, tmp_path):
     assert not (to / odd["folder"]).exists()  # nothing to deliver: no empty text file either
     assert report.totals()["pages_without_alto"] == 1
     assert report.totals()["pages_missing_output"] == 1
-
-
-# ---- incremental re-export -------------------------------------------------------------------
-
-
-def test_reexport_without_changes_rewrites_nothing(out, tmp_path):
-    to = tmp_path / "delivery"
-    export_collection(out, to, formats=ALL, zip_archive=True)
-    before = files_of(tmp_path)
-    report = export_collection(out, to, formats=ALL, zip_archive=True)
-    assert files_of(tmp_path) == before
-    assert report.written == 0 and report.removed == 0 and report.unchanged > 10
-
-
-def test_reexport_after_resume_rewrites_only_the_changed_document(run, out, tmp_path):
-    to = tmp_path / "delivery"
-    first = export_collection(out, to, formats=ALL)
-    assert first.exit_code == ExitCode.SOME_PAGES_FAILED
-    before = files_of(to)
-    (task,) = run.pending_pages()  # the run goes on and finishes its last page
-    finish_page(out, run, task, "Finished on resume.")
-    run.retry_failed()  # as a resume does: letter.pdf page 3 is pending again
-    report = export_collection(out, to, formats=ALL)
-    after = files_of(to)
-    changed = {name for name in after if before.get(name) != after[name]}
-    later = "documents/box2/later.pdf/"
-    assert changed == {
-        "export-report.json",
-        later + "text.txt",
-        later + "hocr.html",
-        later + "mets.xml",
-        later + "alto/0002.xml",
-        later + "page/0002.xml",
-    }
-    assert (to / later / "text.txt").read_text("utf-8").endswith("\fFinished on resume.\n")
-    # letter.pdf page 3 is pending again after retry_failed_pages: reported, still not delivered
-    assert report.totals()["pages_failed"] == 0 and report.totals()["pages_pending"] == 1
-
-
-def test_zip_holds_exactly_the_delivery_in_sorted_order(out, tmp_path):
-    to = tmp_path / "delivery"
-    report = export_collection(out, to, formats=ALL, zip_archive=True)
-    assert report.archive == tmp_path / "delivery.zip"
-    with zipfile.ZipFile(report.archive) as zf:
-        names = zf.namelist()
-        assert names == sorted(names)
-        contents = {n.removeprefix("delivery/"): zf.read(n) for n in names}
-    on_disk = {name: (to / name).read_bytes() for name in files_of(to)}
-    assert contents == on_disk
-    first = report.archive.read_bytes()
-    report.archive.unlink()
-    export_collection(out, to, formats=ALL, zip_archive=True)
-    assert report.archive.read_bytes() == first  # deterministic
-
-
-def test_documents_glob_selects_and_drops_what_it_no_longer_selects(out, tmp_path):
-    to = tmp_path / "delivery"
-    export_collection(out, to, formats=("txt", "mets"))
-    assert (to / "documents/box1/letter.pdf/mets.xml").exists()
-    report = export_collection(out, to, formats=("txt", "mets"), documents=["box1/*.tif"])
-    assert [d["relpath"] for d in report.documents] == ["box1/scroll.tif"]
-    assert report.exit_code == ExitCode.OK and report.not_exported_documents == []
-    assert sorted(files_of(to)) == [
-        "documents/box1/scroll.tif/alto/0001.xml",
-        "documents/box1/scroll.tif/mets.xml",
-        "documents/box1/scroll.tif/text.txt",
-        "export-report.json",
-    ]
-
-
-def test_page_separator_and_per_page_txt(out, tmp_path):
-    to = tmp_path / "delivery"
-    sep = "\n--- page {page} ---\n"
-    export_collection(out, to, formats=("txt",), page_separator=sep, per_page_txt=True)
-    doc = folder(to, "box1/letter.pdf")
-    one, two = (transcription("box1/letter.pdf", n) for n in (1, 2))
-    assert (doc / "text.txt").read_text("utf-8") == f"{one}\n\n--- page 2 ---\n{two}\n"
-    assert (doc / "txt/0002.txt").read_text("utf-8") == two + "\n"
-    assert sorted(p.name for p in (doc / "txt").iterdir()) == ["0001.txt", "0002.txt"]
-
-
-def test_bad_requests_are_refused_with_what_to_do(out, tmp_path):
-    with pytest.raises(BadArguments, match="choose from"):
-        export_collection(out, tmp_path / "d", formats=("txt", "docx"))
-    with pytest.raises(BadArguments, match="folder of its own"):
-        export_collection(out, out / "pages" / "x", formats=("txt",))
-    with pytest.raises(BadArguments, match="no anandasky-batch job store"):
-        export_collection(tmp_path / "nothing", tmp_path / "d")
-
-
-# ---- the command line ------------------------------------------------------------------------
-
-
-def test_cli_export_exit_codes_and_summary(out, tmp_path):
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", "export", str(out), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-
-    to = tmp_path / "cli-delivery"
-    proc = cli("--to", str(to), "--format", "txt,alto,mets,page,hocr", "--zip")
-    assert proc.returncode == ExitCode.SOME_PAGES_FAILED, proc.stderr
-    assert "letter.pdf page 3: failed" in proc.stdout and (tmp_path / "cli-delivery.zip").is_file()
-    assert_valid_xml(to / "documents/box1/letter.pdf/mets.xml", "mets.xsd")
-    proc = cli("--to", str(to), "--documents", "box1/scroll.tif", "--page-separator", "\\n")
-    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
-    assert "exported 1 document (1 page)" in proc.stdout
-    assert not (tmp_path / "cli-delivery.zip").exists()  # stale once DIR changed without --zip
-    proc = cli("--to", str(to), "--format", "docx")
-    assert proc.returncode == ExitCode.BAD_ARGUMENTS and "choose from" in proc.stderr
