@@ -390,7 +390,7 @@ def test_a_cropped_source_page_gets_its_text_on_the_cropbox(tmp_path):
 
 def test_documents_whose_source_is_gone_get_no_pdf_are_reported_and_tried_again(tmp_path):
     """The collection of test_export (sources under /archive/in, which does not exist)."""
-    from test_export import build_out
+    from export_fixture import build_out
 
     from pipeline.export import export_collection
     from pipeline.export.delivery import MANIFEST_NAME
