@@ -91,8 +91,8 @@ def recall_on_model_copy(image_path: str, gt: str | None, detector: Any) -> floa
     """Recall@.5 when the page is first shrunk to the full model's pixel budget (1 Mpx) by the
     loader's own `load_page`, as a loader that detects on the copy it sends to the devices."""
     from pipeline.ingest.documents import IngestSettings, load_page
-    from pipeline.ingest.images import PAGE_SIZE_KEY
     from pipeline.layout import build_layout
+    from pipeline.layout.geometry import PAGE_SIZE_KEY
 
     if gt is None:
         return None

@@ -156,7 +156,7 @@ def test_pdf_with_a_non_utf8_name_renders(pages: Path, tmp_path: Path, rasterize
 
 
 def test_loaded_pages_carry_their_full_resolution_size_when_shrunk(testdata: Path) -> None:
-    from pipeline.ingest.images import PAGE_SIZE_KEY
+    from pipeline.layout.geometry import PAGE_SIZE_KEY
 
     pdf = testdata / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
     full = load_page(pdf, 0, IngestSettings(dpi=100))

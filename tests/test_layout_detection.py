@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipeline.ingest.images import PAGE_SIZE_KEY, load_image_page
+from pipeline.ingest.images import load_image_page
 from pipeline.layout import VERTICAL_RL, DetectorSettings, PageLayout, detect_layout
-from pipeline.layout.geometry import bbox_of
+from pipeline.layout.geometry import PAGE_SIZE_KEY, bbox_of
 from pipeline.layout.groundtruth import (
     baseline_offsets,
     iou,

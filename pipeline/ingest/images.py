@@ -24,6 +24,7 @@ from PIL import Image
 
 from pipeline.errors import DocumentError, InputError, PageError
 from pipeline.faults import injected_fault
+from pipeline.layout.geometry import PAGE_SIZE_KEY
 
 WHITE = (255, 255, 255)
 _TIFF_NEW_SUBFILE_TYPE = 254
@@ -48,10 +49,6 @@ _limit_users = 0
 _saved_limit: int | None = None
 
 
-# `Image.info` key of a loaded page: its (width, height) at full resolution (the file's pixels,
-# or the PDF at the requested DPI) before any shrinking to the model's budget. It travels with
-# the image between processes, and ALTO's Page WIDTH/HEIGHT report it.
-PAGE_SIZE_KEY = "anandasky_page_size"
 _QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 

@@ -16,10 +16,10 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.ingest.documents import DocumentInfo, IngestSettings, load_page, probe_document
-from pipeline.ingest.images import PAGE_SIZE_KEY, shrink_to
+from pipeline.ingest.images import shrink_to
 from pipeline.ingest.source_changes import Registered, SourceChanged, source_changed
 from pipeline.layout.detector import DetectorSettings
-from pipeline.layout.geometry import PageLayout
+from pipeline.layout.geometry import PAGE_SIZE_KEY, PageLayout
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from pipeline.errors import DocumentError, MissingDependency, PageError
-from pipeline.ingest.images import PAGE_SIZE_KEY, open_error, shrink_to
+from pipeline.ingest.images import open_error, shrink_to
+from pipeline.layout.geometry import PAGE_SIZE_KEY
 
 RASTERIZERS = ("pdfium", "poppler")
 POINTS_PER_INCH = 72.0

@@ -18,6 +18,12 @@ HORIZONTAL = "horizontal"
 VERTICAL_RL = "vertical-rl"
 READING_ORDERS = ("auto", HORIZONTAL, VERTICAL_RL)
 
+# `Image.info` key of a loaded page: its (width, height) at full resolution (the file's pixels,
+# or the PDF at the requested DPI) before any shrinking to the model's budget: the space every
+# coordinate here is in. It travels with the image between processes, and ALTO's Page
+# WIDTH/HEIGHT report it.
+PAGE_SIZE_KEY = "anandasky_page_size"
+
 
 def bbox_of(points: tuple[Point, ...] | list[Point]) -> BBox:
     """The smallest axis-aligned box holding every point (points are pixel centres)."""

@@ -10,9 +10,16 @@ import time
 
 from PIL import Image
 
-from pipeline.ingest.images import PAGE_SIZE_KEY
 from pipeline.layout.detector import DetectorSettings, shared_detector
-from pipeline.layout.geometry import HORIZONTAL, VERTICAL_RL, Line, PageLayout, Region, union_bbox
+from pipeline.layout.geometry import (
+    HORIZONTAL,
+    PAGE_SIZE_KEY,
+    VERTICAL_RL,
+    Line,
+    PageLayout,
+    Region,
+    union_bbox,
+)
 from pipeline.layout.reading_order import (
     block_direction,
     order_lines,

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pipeline
-from pipeline.ingest.images import PAGE_SIZE_KEY
 from pipeline.jobs.backend import WorkQueue
 from pipeline.jobs.connect import DB_NAME, STATE_DIR, output_access_error, store_error
+from pipeline.layout.geometry import PAGE_SIZE_KEY
 from pipeline.outputs.alto import PageMeta, page_confidence
 from pipeline.outputs.page_files import write_page_outputs
 from pipeline.records import Recognition
