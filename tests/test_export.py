@@ -283,3 +283,26 @@ def test_pages_whose_outputs_are_gone_or_txt_only_are_reported(out, tmp_path):
     assert not (to / odd["folder"]).exists()  # nothing to deliver: no empty text file either
     assert report.totals()["pages_without_alto"] == 1
     assert report.totals()["pages_missing_output"] == 1
+
+
+def test_file_names_read_the_same_in_every_format_even_when_not_utf8(out, tmp_path):
+    """A name's bytes that are not UTF-8 show as %XX (and `%` as %25) wherever a format names
+    the source, as ALTO's fileName and the delivery's folders do; never as U+FFFD."""
+    to = tmp_path / "delivery"
+    export_collection(out, to, formats=ALL)
+    for relpath, escaped in (
+        (os.fsdecode(b"box2/caf\xe9.jpg"), "box2/caf%E9.jpg"),
+        ("box2/odd%name\u00e9.png", "box2/odd%25name\u00e9.png"),
+    ):
+        doc = folder(to, printable(relpath))
+        alto_name = etree.parse(str(doc / "alto/0001.xml")).findtext(".//{*}fileName")
+        page = etree.parse(str(doc / "page/0001.xml")).find(".//{*}Page")
+        hocr = etree.parse(str(doc / "hocr.html"))
+        mets = etree.parse(str(doc / "mets.xml")).getroot()
+        assert alto_name == escaped
+        assert page.get("imageFilename") == f"/archive/in/{escaped}"
+        assert hocr.findtext(f".//{XHTML}title") == escaped
+        assert f'image "/archive/in/{escaped}"' in hocr.find(f".//{XHTML}div").get("title")
+        assert mets.get("LABEL") == escaped
+        for name in ("page/0001.xml", "hocr.html", "mets.xml"):
+            assert "\ufffd" not in (doc / name).read_text("utf-8"), name

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
+from pipeline.names import escape_relpath
 from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from .geometry import Box
@@ -49,7 +50,7 @@ def _quoted(value: str) -> str:
 
 
 def _page_title(doc: ExportDocument, page: ExportPage) -> str:
-    props = [f"image {_quoted(doc.path)}"]
+    props = [f"image {_quoted(escape_relpath(doc.path))}"]
     content = page.content
     if content is not None and content.width and content.height:
         props.append(f"bbox 0 0 {content.width} {content.height}")
@@ -109,7 +110,7 @@ def build_hocr(doc: ExportDocument, pages: list[ExportPage]) -> bytes:
     html.text = "\n"
     head = _el(html, "head")
     head.text = "\n"
-    _el(head, "title").text = xml_text(doc.relpath)
+    _el(head, "title").text = escape_relpath(doc.relpath)
     meta = {"http-equiv": "Content-Type", "content": "text/html; charset=utf-8"}
     _el(head, "meta", **meta)
     _el(head, "meta", name="ocr-system", content=f"{SOFTWARE_NAME} {__version__}")

@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
+from pipeline.names import escape_relpath
 from pipeline.outputs.alto import XSI_NS
-from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from . import alto_pages, hocr, page_xml, txt
 from .options import ExportOptions
@@ -96,7 +96,7 @@ def build_mets(doc: ExportDocument, options: ExportOptions, files: Mapping[str, 
     """`files`: everything else exported for this document, by name in its folder."""
     root = etree.Element(_M + "mets", nsmap={"mets": METS_NS, "xlink": XLINK_NS, "xsi": XSI_NS})
     root.set(f"{{{XSI_NS}}}schemaLocation", SCHEMA_LOCATION)
-    root.set("LABEL", xml_text(doc.relpath))
+    root.set("LABEL", escape_relpath(doc.relpath))
     _header(root, doc)
     file_sec = _sub(root, "fileSec")
     mimetype = source_mimetype(doc.relpath)
@@ -134,7 +134,7 @@ def build_mets(doc: ExportDocument, options: ExportOptions, files: Mapping[str, 
 
     struct = _sub(root, "structMap", TYPE="PHYSICAL")
     sequence = _sub(struct, "div", ID="PHYS_0000", TYPE="physSequence")
-    sequence.set("LABEL", xml_text(doc.relpath))
+    sequence.set("LABEL", escape_relpath(doc.relpath))
     for file_id in whole_ids:
         _sub(sequence, "fptr", FILEID=file_id)
     for page in doc.pages:

@@ -19,8 +19,8 @@ from __future__ import annotations
 from lxml import etree
 
 from pipeline import SOFTWARE_NAME, __version__
+from pipeline.names import escape_relpath
 from pipeline.outputs.alto import XSI_NS
-from pipeline.outputs.alto import xml_safe_text as xml_text
 
 from .geometry import LineGeometry, box_points, points_text
 from .options import ExportOptions
@@ -85,7 +85,7 @@ def build_page(doc: ExportDocument, page: ExportPage, content: PageContent) -> b
     geometry = content.geometry
     _sub(meta, "Comments", WITH_GEOMETRY if geometry is not None else NO_GEOMETRY)
     _sub(meta, "MetadataItem", type="imageProperties", name="page", value=str(n))
-    attrs = {"imageFilename": xml_text(doc.path), "imageWidth": str(width)}
+    attrs = {"imageFilename": escape_relpath(doc.path), "imageWidth": str(width)}
     attrs["imageHeight"] = str(height)
     if content.confidence is not None:
         attrs["conf"] = str(content.confidence)
