@@ -80,3 +80,17 @@ def test_pdfa_is_refused_for_a_source_whose_fonts_are_not_embedded():
 def test_pdfa_needs_the_pdf_format():
     with pytest.raises(BadArguments, match="--pdfa needs pdf"):
         ExportOptions.make(["txt"], pdfa=True)
+
+
+def test_pdfa_title_names_a_non_utf8_source_as_the_other_formats_do(tmp_path):
+    """The XMP title of a document whose name is not UTF-8: %XX for the stray byte, as in ALTO,
+    PAGE, hOCR and METS (pikepdf silently drops a byte it cannot encode: 'caf.jpg')."""
+    from dataclasses import replace
+
+    source = pdf_of(LATIN_JPG, tmp_path)
+    w, h = Image.open(LATIN_JPG).size
+    alto = alto_page(w, h, [{"lines": [(LATIN[0], (300, 400, 2000, 120), None)]}])
+    doc = replace(document(source, alto), relpath="box2/caf\udce9.jpg")
+    with pikepdf.open(io.BytesIO(build_pdf(doc, pdfa=True))) as pdf:
+        assert pdf.open_metadata()["dc:title"] == "box2/caf%E9.jpg"
+        assert str(pdf.docinfo["/Title"]) == "box2/caf%E9.jpg"

@@ -27,6 +27,8 @@ from pathlib import Path
 import img2pdf
 import pikepdf
 
+from pipeline.names import escape_relpath
+
 from .options import ExportOptions
 from .pages import ExportDocument
 from .pdf_archival import NotArchivable, make_pdfa
@@ -151,7 +153,7 @@ def build_pdf(doc: ExportDocument, *, pdfa: bool = False) -> bytes:
             _overlay(target, layer_page)
     if pdfa:
         try:
-            make_pdfa(base, doc.relpath)
+            make_pdfa(base, escape_relpath(doc.relpath))  # as the other formats name it
         except NotArchivable as exc:
             raise PdfUnavailable(str(exc)) from None
     out = io.BytesIO()
