@@ -385,3 +385,28 @@ def test_an_actor_whose_settings_fit_no_page_fails_every_batch(session, tiny_mod
     actor._serve()  # refuses at once: no page fits the rows
     status, error = actor.recognize(images(1, seed=29))
     assert status == "failed" and error.startswith("BadArguments: --token-budget 10")
+
+
+def test_the_remote_code_recognizer_serves_jobs_the_same_way(tiny_model_dir, pool, tmp_path):
+    """impl=remote: its stream drains between chunks, but jobs are answered as with
+    `recognize_batch`, including after the queue has gone quiet."""
+    from remote_fixture import build_remote_checkpoint
+
+    folder = build_remote_checkpoint(tiny_model_dir, tmp_path / "remote")
+    remote = load_recognizer(folder, "cpu", "float32", impl="remote")
+    options = WorkerOptions(str(folder), "float32", "remote", PROMPT, 12, False, max_batch=3)
+    remote_session = ModelSession(remote, options, 0.0)
+    jobs = [(1, pool.take("lss")), (2, [pool.take("ss"), [], *pool.take("s")]), (3, [[]])]
+    tasks = job_source(jobs, end=False)
+    answers: queue.Queue = queue.Queue()
+    stream = JobStream(remote_session, tasks.get, answers.put)
+    thread = threading.Thread(target=stream.serve, daemon=True)
+    thread.start()
+    got = {a.job_id: a for a in (answers.get(timeout=120) for _ in jobs)}
+    tasks.put(None)
+    thread.join(30)
+    assert sorted(got) == [1, 2, 3] and not thread.is_alive()
+    for job_id, items in jobs:
+        want = remote_session.recognize_batch(items)
+        for have, ref in zip(got[job_id].recognitions, want, strict=True):
+            same(have, ref)

@@ -114,7 +114,7 @@ class Scheduler:
         for worker in self.workers.takers():
             if not self.ready:
                 return
-            # A worker already computing gets a second batch only when it is a full one.
+            # A worker already computing gets one more batch only when it is a full one.
             if worker.batches and len(self.ready) < batch_size and more_coming:
                 continue
             # Pages of a file registered again since they were loaded are dropped, not sent:
