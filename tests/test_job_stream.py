@@ -24,8 +24,12 @@ from pipeline.errors import BadArguments
 from pipeline.faults import FAULT_VARIABLE
 from pipeline.model.generation import GenerationEngine
 from pipeline.recognition import load_recognizer
+from pipeline.runner.batching import ReadyPage
+from pipeline.runner.device_plan import WorkerSlot
 from pipeline.runner.job_stream import JobDone, JobFailed, JobStream
 from pipeline.runner.model_session import ModelSession, WorkerOptions
+from pipeline.runner.pool_events import BatchLost, BatchResult, PoolFailed, WorkerUp
+from pipeline.runner.worker_pool import JOBS_PER_WORKER, LocalWorkerPool
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -410,3 +414,51 @@ def test_the_remote_code_recognizer_serves_jobs_the_same_way(tiny_model_dir, poo
         want = remote_session.recognize_batch(items)
         for have, ref in zip(got[job_id].recognitions, want, strict=True):
             same(have, ref)
+
+
+def wait_events(workers: LocalWorkerPool, kind: type, count: int) -> list:
+    """The first `count` events of `kind` from the pool; fails on a lost batch or worker."""
+    got: list = []
+    deadline = time.monotonic() + 180
+    while len(got) < count and time.monotonic() < deadline:
+        for event in workers.events(0.2):
+            assert not isinstance(event, (BatchLost, PoolFailed)), event
+            if isinstance(event, kind):
+                got.append(event)
+    assert len(got) == count, got
+    return got
+
+
+@pytest.mark.slow
+def test_a_real_worker_process_takes_four_batches_and_answers_each_as_recognize_batch(
+    session, pool, tiny_model_dir
+):
+    """The local pool and a spawned worker: JOBS_PER_WORKER batches out at once, each answered
+    once as `recognize_batch` answers it, times adding up to no more than the worker's life."""
+    options = WorkerOptions(str(tiny_model_dir), None, "native", PROMPT, 8, True, stream_rows=4)
+    workers = LocalWorkerPool([WorkerSlot("cpu:0", "cpu", None, None)], options, 120.0)
+    started = time.perf_counter()
+    workers.start()
+    try:
+        up = wait_events(workers, WorkerUp, 1)[0]
+        batches = [
+            [ReadyPage(j, im, 0.0) for im in pool.take("sl" if j % 2 else "s")]
+            for j in range(JOBS_PER_WORKER)
+        ]
+        for batch in batches:
+            (worker,) = workers.takers()
+            workers.send(worker, batch)
+        assert workers.takers() == []  # full: JOBS_PER_WORKER batches out
+        results = wait_events(workers, BatchResult, JOBS_PER_WORKER)
+        lived = time.perf_counter() - started - up.load_s
+    finally:
+        workers.shutdown(kill=False)
+    local = ModelSession(load_recognizer(tiny_model_dir, device="cpu"), options, 0.0)
+    assert sorted(r.pages[0].task for r in results) == list(range(JOBS_PER_WORKER))
+    for result in results:
+        want = local.recognize_batch([p.image for p in result.pages])
+        assert [(r.text, r.stop_reason) for r in result.recognitions] == [
+            (r.text, r.stop_reason) for r in want
+        ]
+    assert sum(r.infer_s + r.wait_s for r in results) <= lived
+    assert not workers.busy()
