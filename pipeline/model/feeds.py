@@ -33,18 +33,12 @@ class JobFeed:
         self.results: dict[Hashable, list[Recognition | None]] = {}
         self.remaining: dict[Hashable, int] = {}
         self.completed: list[tuple[Hashable, list[Recognition]]] = []
-        self.unfinished = 0  # pages handed out whose result has not come back yet
 
     def __call__(self, n: int, block: bool) -> list[tuple[PageKey, Image.Image]] | None:
-        # Asked to wait while results of pages handed out are still to come: the batch is
-        # empty, so they stopped and wait to be yielded; waiting for a job now would hold
-        # them (and their jobs' answers) until the next job arrives.
-        block = block and not self.unfinished
         out: list[tuple[PageKey, Image.Image]] = []
         while len(out) < n:
             if self.pages:
                 out.append(self.pages.popleft())
-                self.unfinished += 1
             elif not self._take_job(block and not out):
                 break
         if not out and self.ended:
@@ -73,7 +67,6 @@ class JobFeed:
     def finish(self, key: PageKey, recognition: Recognition) -> None:
         """Record one page's result (its job completes with its last page)."""
         job_id, index = key
-        self.unfinished -= 1
         self.results[job_id][index] = recognition
         self.remaining[job_id] -= 1
         if not self.remaining[job_id]:
@@ -91,8 +84,6 @@ class JobFeed:
 
     def drop(self, job_id: Hashable) -> None:
         """Forget a failed job: its unfinished pages are not fed again."""
-        left = self.remaining.pop(job_id, 0)
+        self.remaining.pop(job_id, None)
         self.results.pop(job_id, None)
-        queued = sum(1 for p in self.pages if p[0][0] == job_id)
-        self.unfinished -= left - queued  # handed out, never to come back
         self.pages = deque(p for p in self.pages if p[0][0] != job_id)

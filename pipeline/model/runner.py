@@ -81,7 +81,9 @@ class BatchRunner:
         wanted = self.slots + self.lookahead - live - len(self.sched.waiting)
         if self.exhausted or wanted <= 0:
             return
-        got = self.feed(wanted, live == 0 and not self.sched.waiting)
+        # Wait for a page only with nothing to decode and nothing stopped still to be handed
+        # back: a caller waiting on those results must get them before the feed blocks.
+        got = self.feed(wanted, live == 0 and not self.sched.waiting and not self.done)
         if got is None:
             self.exhausted = True
             return
