@@ -14,9 +14,9 @@ Paths, both through `Recognizer.recognize` at `--max-batch` B:
 - static: batches of B pages in input order, each decoded until its longest page stops (the
   worker's way before continuous batching);
 - continuous: up to B pages at a time; a page that stops hands its row to the next page;
-- stream: the device worker's way, `recognize_stream` fed from a queue of pages (each carrying
-  its budget), rows refilled as pages stop and results answered as they stop; the prompt images
-  are encoded as pages enter the batch (one or two at a time) instead of B at a time ahead.
+- worker: what a device worker runs (`runner.job_stream.JobStream` over its task queue):
+  batches of B pages, `JOBS_PER_WORKER` out at once, one `recognize_stream` that never drains
+  between batches, each batch answered when its last page stops and the next sent then.
 Rounds are interleaved (the order alternates) and reported as medians; the script exits 1
 unless every page's token ids are identical on both paths in every round.
 
@@ -26,9 +26,11 @@ unless every page's token ids are identical on both paths in every round.
 from __future__ import annotations
 
 import argparse
+import queue
 import random
 import sys
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,12 @@ import benchdata
 import benchlib
 from benchlib import Goal, PhaseClock, median
 
+from pipeline.runner.job_stream import JobDone, JobStream
+from pipeline.runner.model_session import ModelSession, WorkerOptions
+from pipeline.runner.worker_pool import JOBS_PER_WORKER
+
 NAME = "continuous_batching"
-PATHS = ("static", "continuous", "stream")
+PATHS = ("static", "continuous", "worker")
 # (share of pages, shortest, longest) at full scale, from the issue.
 LENGTH_MIX = ((0.2, 1, 20), (0.6, 200, 800), (0.2, 1500, 2048))
 PROMPT = "Recognize the text in this image."
@@ -131,8 +137,8 @@ class Bench:
         self.clock.reset()
         self.tokens, self.rows = [], []
         with self.clock.total():
-            if path == "stream":
-                self._stream()
+            if path == "worker":
+                self._worker()
             else:
                 self.rec.recognize(
                     self.images,
@@ -160,32 +166,64 @@ class Bench:
         }
         return row, self.tokens
 
-    def _stream(self) -> None:
-        """The device worker's way: `recognize_stream` over a queue of jobs, each page carrying
-        its drawn budget; results come back in the order pages stop, kept in input order here."""
-        waiting = [
-            (i, im, n) for i, (im, n) in enumerate(zip(self.images, self.lengths, strict=True))
-        ]
-        done: dict[int, list[int]] = {}
-
-        def feed(n: int, block: bool) -> list | None:
-            if not waiting:
-                return None
-            taken = waiting[:n]
-            del waiting[:n]
-            return taken
-
-        collected, self.tokens = self.tokens, []
-        for key, _ in self.rec.recognize_stream(
-            feed,
+    def _worker(self) -> None:
+        """The device worker's way (`runner.job_stream.JobStream`, as a worker process runs it):
+        batches of B pages, at most `JOBS_PER_WORKER` out at once, the next sent the moment one
+        is answered (a coordinator thread); every page carries its drawn budget."""
+        size = self.args.max_batch
+        options = WorkerOptions(
+            model_dir="",
+            dtype=None,
+            impl="native",
             prompt=PROMPT,
             max_new_tokens=max(self.lengths),
             repetition_guard=False,
-            max_batch=self.args.max_batch,
+            max_batch=size,
             token_budget=self.args.token_budget,
-        ):
-            done[key] = self.tokens.pop()
-        self.tokens = collected + [done[i] for i in range(len(self.images))]
+        )
+        session = ModelSession(self.rec, options, 0.0)
+        stream = session.stream
+        done: dict[tuple[int, int], list[int]] = {}
+        collected, self.tokens = self.tokens, []
+
+        def with_budgets(feed):
+            def budgeted(n: int, block: bool) -> list | None:
+                got = feed(n, block)
+                if got is None:
+                    return None
+                return [(key, im, self.lengths[key[0] * size + key[1]]) for key, im in got]
+
+            for key, recognition in stream(budgeted):
+                done[key] = self.tokens.pop()
+                yield key, recognition
+
+        session.stream = with_budgets
+        jobs = [
+            (start // size, self.images[start : start + size])
+            for start in range(0, len(self.images), size)
+        ]
+        tasks: queue.Queue = queue.Queue()
+        out = threading.Semaphore(JOBS_PER_WORKER)
+        failed: list = []
+
+        def coordinator() -> None:
+            for job in jobs:
+                out.acquire()
+                tasks.put(job)
+            tasks.put(None)
+
+        def answer(result) -> None:
+            if not isinstance(result, JobDone):
+                failed.append(result)
+            out.release()
+
+        thread = threading.Thread(target=coordinator, daemon=True)
+        thread.start()
+        JobStream(session, tasks.get, answer).serve()
+        thread.join()
+        if failed:
+            raise RuntimeError(f"worker path: {failed[0]}")
+        self.tokens = collected + [done[divmod(i, size)] for i in range(len(self.images))]
 
 
 def _no_stop(special: Any) -> Any:
