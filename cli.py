@@ -69,12 +69,14 @@ def run(
     max_image_pixels: Annotated[
         int, typer.Option(help="Refuse images larger than this (decompression bombs).")
     ] = 250_000_000,
-    batch_size: Annotated[int, typer.Option(help="Pages per model batch.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Pages per batch sent to a worker (each holds up to 4).")
+    ] = 8,
     max_batch: Annotated[
         int | None,
         typer.Option(
-            help="Rows decoded at once, refilled as pages finish (continuous batching); "
-            "give --batch-size a few times this (default: a whole batch at once)."
+            help="Rows a worker decodes at once, refilled as pages finish, across its "
+            "batches (default: --batch-size; x4 with --layout lines)."
         ),
     ] = None,
     token_budget: Annotated[
@@ -86,8 +88,9 @@ def run(
     batch_timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds a batch may take before its worker is killed and replaced and its "
-            "pages retried (0: 300 + 0.2 per token of --max-new-tokens per page of the batch)."
+            help="Seconds a worker holding batches may go without answering one before it is "
+            "killed and replaced and its pages retried (0: 300 + 0.2 per token of "
+            "--max-new-tokens per page of a batch)."
         ),
     ] = 0,
     formats: Annotated[str, typer.Option(help="Comma-separated outputs: alto,txt.")] = "alto,txt",

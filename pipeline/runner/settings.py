@@ -138,7 +138,9 @@ class RunSettings:
 
     @property
     def batch_timeout_s(self) -> float:
-        """A batch taking longer than this means a hung worker (driver stall, deadlock).
+        """A worker holding batches that answers none for this long is hung (driver stall,
+        deadlock). Its batches share one continuous batch and enter it in order, so answers
+        come about as often as batches decoded one at a time would finish.
 
         The default is generous: a fixed 300 s (first-batch compilation, a slow device) plus
         0.2 s for every token each page of a full batch may generate, about an hour for the
