@@ -11,6 +11,7 @@ text must come back exactly whatever it is.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,7 +25,8 @@ from pathlib import Path
 import img2pdf
 import pikepdf
 import pytest
-from conftest import TESTDATA
+from conftest import TESTDATA, assert_valid_xml
+from lxml import etree
 from PIL import Image
 from test_export_pdf_layer import normalised, pdftotext
 from test_run_end_to_end import cli, run_args
@@ -68,13 +70,13 @@ def make_inputs(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def delivery(tmp_path_factory, tiny_model_dir):
-    """(inputs, OUT, DIR) after one run and one `export --format txt,pdf --zip`."""
+    """(inputs, OUT, DIR) after one run and one `export --format txt,pdf,mets --zip`."""
     root = tmp_path_factory.mktemp("pdf-run")
     inputs, out, to = root / "in", root / "out", root / "delivery"
     make_inputs(inputs)
     proc = cli(*run_args(inputs, out, tiny_model_dir))
     assert proc.returncode == ExitCode.OK, proc.stderr
-    proc = cli("export", str(out), "--to", str(to), "--format", "txt,pdf", "--zip")
+    proc = cli("export", str(out), "--to", str(to), "--format", "txt,pdf,mets", "--zip")
     assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
     return inputs, out, to
 
@@ -168,9 +170,28 @@ def test_the_only_font_added_is_the_glyphless_one(delivery):
         assert len(added) == 1 and next(iter(added)).endswith("+" + FAMILY), (name, added)
 
 
+def test_mets_lists_the_searchable_pdf_with_its_size_and_checksum(delivery):
+    _inputs, _out, to = delivery
+    mets_ns = "http://www.loc.gov/METS/"
+    for name in ("scan.pdf", *REAL_PDFS, *IMAGES):
+        folder = to / "documents" / name
+        assert_valid_xml(folder / "mets.xml", "mets.xsd")
+        root = etree.parse(str(folder / "mets.xml"))
+        (group,) = root.findall(f".//{{{mets_ns}}}fileGrp[@USE='PDF']")
+        (entry,) = group
+        data = exported_pdf(to, name).read_bytes()
+        assert entry.get("MIMETYPE") == "application/pdf"
+        assert entry.get("SIZE") == str(len(data))
+        assert entry.get("CHECKSUM") == hashlib.sha256(data).hexdigest()
+        (location,) = entry
+        assert location.get("{http://www.w3.org/1999/xlink}href") == FILE_NAME
+        sequence = root.find(f".//{{{mets_ns}}}div[@TYPE='physSequence']")
+        assert entry.get("ID") in [f.get("FILEID") for f in sequence.findall(f"{{{mets_ns}}}fptr")]
+
+
 def test_export_again_rewrites_nothing_and_the_zip_holds_the_pdfs(delivery):
     _inputs, out, to = delivery
-    proc = cli("export", str(out), "--to", str(to), "--format", "txt,pdf", "--zip")
+    proc = cli("export", str(out), "--to", str(to), "--format", "txt,pdf,mets", "--zip")
     assert proc.returncode == ExitCode.OK, proc.stderr
     assert " 0 files written" in proc.stdout, proc.stdout
     with zipfile.ZipFile(to.with_name(to.name + ".zip")) as archive:

@@ -12,8 +12,8 @@ Layout, chosen to validate against METS 1.12 and to read the way METS/ALTO consu
   source), the validating form METS offers; a single-image source is a plain `fptr FILEID=IMG`.
 - fileGrp USE=FULLTEXT holds the per-page ALTO files (and USE=PAGE the PAGE XML files, when
   exported), with relative hrefs inside the document folder, SIZE and SHA-256 CHECKSUM.
-  The document-wide text and hOCR files, when exported, are in USE=TEXT / USE=HOCR and hang off
-  the physSequence div.
+  The document-wide text, hOCR and searchable PDF files, when exported, are in USE=TEXT /
+  USE=HOCR / USE=PDF and hang off the physSequence div.
 - structMap TYPE=PHYSICAL: div TYPE=physSequence, then one div TYPE=page per delivered page
   with ORDER = its page number in the source (a gap means a page without a transcription) and
   fptrs to image and ALTO. A placeholder page (`--include-failed`) has the image fptr only and
@@ -33,7 +33,7 @@ from pipeline.names import escape_relpath
 from pipeline.outputs.alto import XSI_NS
 
 from . import alto_pages, hocr, page_xml, txt
-from .options import ExportOptions
+from .options import PDF_FILE_NAME, ExportOptions
 from .pages import ExportDocument, ExportPage
 
 METS_NS = "http://www.loc.gov/METS/"
@@ -125,7 +125,11 @@ def build_mets(doc: ExportDocument, options: ExportOptions, files: Mapping[str, 
                 page_files.setdefault(page.number, []).append(file_id)
         if not len(group):
             file_sec.remove(group)  # a fileGrp must hold at least one file
-    whole = {"TEXT": (txt.DOCUMENT_FILE, "text/plain"), "HOCR": (hocr.FILE_NAME, "text/html")}
+    whole = {
+        "TEXT": (txt.DOCUMENT_FILE, "text/plain"),
+        "HOCR": (hocr.FILE_NAME, "text/html"),
+        "PDF": (PDF_FILE_NAME, "application/pdf"),
+    }
     whole_ids = []
     for use, (name, whole_mimetype) in whole.items():
         if name in files:

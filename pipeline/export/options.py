@@ -11,6 +11,8 @@ from pipeline.errors import BadArguments
 
 FORMATS = ("txt", "alto", "mets", "page", "hocr", "pdf")
 DEFAULT_FORMATS = ("txt", "alto", "mets")
+# The pdf format's file in a document folder: `pdf_document` writes it, METS lists it.
+PDF_FILE_NAME = "searchable.pdf"
 DEFAULT_SEPARATOR = "\f"
 _ESCAPES = {"f": "\f", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 

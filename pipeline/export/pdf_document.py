@@ -29,13 +29,13 @@ import pikepdf
 
 from pipeline.names import escape_relpath
 
-from .options import ExportOptions
+from .options import PDF_FILE_NAME, ExportOptions
 from .pages import ExportDocument
 from .pdf_archival import NotArchivable, make_pdfa
 from .pdf_layer import LayerPage, text_layer
 from .pdf_lines import page_lines
 
-FILE_NAME = "searchable.pdf"
+FILE_NAME = PDF_FILE_NAME
 LAYER_NAME = "/AnandaskyText"  # the text layer's XObject name on each page
 # What img2pdf refuses even as the run saw it (a mirrored EXIF orientation, a broken file, ...):
 # the document gets no PDF and the report says why, rather than an image re-encoded with losses.
