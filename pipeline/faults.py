@@ -9,11 +9,14 @@ import os
 
 # Test-only fault injection, read in one place. ANANDASKY_TEST_FAULT=<point>:<fault>[:<marker>]
 # makes a child process misbehave at <point>: "load" (a device worker loading the model),
-# "batch" (a device worker starting a batch) or "decode" (a page loader decoding a page).
+# "batch" (a device worker starting a batch), "page" (a device worker taking a batch's pages)
+# or "decode" (a page loader decoding a page).
 # <fault>: "hang" sleeps for an hour, "memory" raises MemoryError, "error" raises
 # RuntimeError; any other word is returned for the caller to act on ("short": the worker
-# answers for one page fewer than it was given). With <marker>, the fault fires once: only
-# while the marker file does not exist, and the first firing creates it. Only tests set it.
+# answers for one page fewer than it was given; at "page", "exit-WxH": the worker process
+# exits at once whenever a page image of W x H pixels is among them, as a page that crashes
+# the device runtime would). With <marker>, the fault fires once: only while the marker file
+# does not exist, and the first firing creates it. Only tests set it.
 FAULT_VARIABLE = "ANANDASKY_TEST_FAULT"
 
 

@@ -227,3 +227,35 @@ def test_actor_killed_on_a_live_node_is_replaced_and_its_pages_are_not_charged(
     assert re.search(r"worker \S+ lost: \w+; [1-9]\d* page\(s\) in flight", log), log
     assert len(re.findall(r"actor \S+ placed", log)) == 2  # the first one and its replacement
     assert max(attempts(out)) == 0
+
+
+def test_a_page_that_keeps_crashing_actors_fails_alone_and_the_run_finishes(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """FAULT INJECTION (page:exit-97x61 in the node's environment): an actor process exits
+    whenever a 97x61-pixel page is among the pages it takes, on a node that stays up. The
+    first such loss costs its pages nothing; pages lost that way again are charged and go
+    alone, so the poisonous page fails after --max-attempts instead of using up the actors'
+    restarts (exit 7 on every rerun), and every other page is done as in a local run."""
+    from PIL import Image
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(pages, inputs, symlinks=True)
+    Image.new("RGB", (97, 61), "white").save(inputs / "poison.png")
+    os.environ["ANANDASKY_TEST_FAULT"] = "page:exit-97x61"
+    try:
+        node = cluster.add_node(**cluster.common_args, resources={"CRASHY": 1})
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+    try:
+        args = ray_args(inputs, out, tiny_model_dir, cluster, "CRASHY", "--max-attempts", "2")
+        result = cli(*args)
+    finally:
+        cluster.remove_node(node)
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    # Every good page's outputs, as a local run writes them, and none for the poisonous one.
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    log = (out / "run.log").read_text()
+    assert "poison.png page 1: failed" in log
+    assert len(re.findall(r"worker \S+ lost: \w+", log)) >= 3  # crashed, crashed again, alone
+    assert "page(s) were in flight on crashed actors before" in log  # the charged path ran

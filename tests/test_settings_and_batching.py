@@ -82,3 +82,15 @@ def test_pages_from_a_dead_worker_go_first_and_alone():
     ready.add(page("b", 100, 100))
     assert [p.task for p in ready.take_batch(8)] == ["suspect"]
     assert [p.task for p in ready.take_batch(8)] == ["a", "b"]
+
+
+def test_a_worker_with_batches_out_gets_no_page_that_must_go_alone():
+    """A crash on a worker that holds a suspect page and other batches could be any page's
+    doing: suspects go only to a worker with nothing else out."""
+    ready = ReadyPages()
+    ready.add(page("a", 100, 100))
+    ready.add(page("suspect", 100, 100, solo=True))
+    ready.add(page("b", 100, 100))
+    assert [p.task for p in ready.take_batch(8, alone=False)] == ["a", "b"]
+    assert ready.take_batch(8, alone=False) == []  # only the suspect is left
+    assert [p.task for p in ready.take_batch(8)] == ["suspect"]

@@ -251,3 +251,30 @@ def test_a_child_whose_parent_is_already_gone_exits_at_once():
     assert child.exitcode is None  # its parent is alive: it stays
     child.kill()
     child.join(5)
+
+
+def test_a_page_that_kills_its_worker_fails_alone_and_its_batch_mates_are_done(
+    tmp_path, scans, tiny_model_dir
+):
+    """FAULT INJECTION (page:exit-97x61): a worker process exits whenever a 97x61-pixel page
+    is among the pages it takes, as a page that crashes the device runtime would. The pages in
+    flight are charged and retried alone, each on a worker with nothing else out, so only the
+    poisonous page keeps killing workers: it fails after --max-attempts, the others are done."""
+    from PIL import Image
+
+    Image.new("RGB", (97, 61), "white").save(scans / "poison.png")
+    out = tmp_path / "out"
+    args = run_args(scans, out, tiny_model_dir, "--max-attempts", "2")
+    result = run_cli(args, fault="page:exit-97x61")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    assert page_states(out) == {"done": len(PAGES), "failed": 1}
+    uri = (out / ".anandasky" / "jobs.sqlite").as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        attempts = dict(
+            db.execute(
+                "SELECT d.relpath, p.attempts FROM pages p JOIN documents d ON d.id = p.doc_id"
+            ).fetchall()
+        )
+    assert attempts.pop("poison.png") == 2
+    assert max(attempts.values()) <= 1, attempts  # a batch mate pays once at most
+    assert "poison.png page 1: failed" in (out / "run.log").read_text()

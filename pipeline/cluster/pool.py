@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -132,6 +133,48 @@ def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: Cl
     ).remote(options, target.device_type, resource)
 
 
+class CrashCount:
+    """How often each page was in flight on an actor that died while its node stayed up.
+
+    Once costs the pages nothing: an actor can die of its own accord (a driver fault, the
+    kernel's OOM killer), and its pages go back to pending uncharged, as when a node is lost.
+    A page lost that way again may be what kills its actors: from its second such loss on,
+    each one counts an attempt (the scheduler then retries it alone), so a page that keeps
+    crashing actors ends failed after --max-attempts instead of using up every actor's
+    restarts and stopping the run (exit 7, and the same again on every rerun).
+    """
+
+    FREE_LOSSES = 1
+
+    def __init__(self) -> None:
+        self.losses: Counter[int] = Counter()
+
+    def lost(self, label: str, pages: list[ReadyPage], error: str) -> list[PoolEvent]:
+        free, again = [], []
+        for page in pages:
+            self.losses[page.task.page_id] += 1
+            repeat = self.losses[page.task.page_id] > self.FREE_LOSSES
+            (again if repeat else free).append(page)
+        events: list[PoolEvent] = []
+        if free:
+            events.append(BatchLost(label, free, error, charged=False))
+        if again:
+            log.warning("%d page(s) were in flight on crashed actors before", len(again))
+            events.append(BatchLost(label, again, f"{error} (again)", charged=True))
+        return events
+
+
+def lost_batches(
+    label: str, pages: list[ReadyPage], error: str, charged: bool, crashed: CrashCount | None
+) -> list[PoolEvent]:
+    """The events for the pages a lost actor held; `crashed` when it died on a live node."""
+    if not pages:
+        return []
+    if crashed is not None:
+        return crashed.lost(label, pages, error)
+    return [BatchLost(label, pages, error, charged)]
+
+
 class RayWorkerPool(WorkerPool):
     """One model actor per unit of the resource on every live node; see the module doc."""
 
@@ -151,6 +194,7 @@ class RayWorkerPool(WorkerPool):
         self._next_poll = 0.0
         self._remote = self.ray.remote(ModelActor)
         self.cost = DriverCost()
+        self.crashes = CrashCount()
 
     def start(self) -> None:
         self.cost.cpu_at_start = time.process_time()
@@ -319,10 +363,10 @@ class RayWorkerPool(WorkerPool):
             del self.refs[ref]
         with contextlib.suppress(Exception):
             self.ray.kill(actor.handle, no_restart=True)
-        events: list[PoolEvent] = []
-        if pages:
-            events.append(BatchLost(actor.label, pages, f"worker {actor.label} {why}", charged))
         node_up = actor.node.node_id in {n.node_id for n in live_nodes(self.target.resource)}
+        # Not charged and the node is up: the actor itself died (`CrashCount` decides).
+        crashed = self.crashes if node_up and not charged else None
+        events = lost_batches(actor.label, pages, f"worker {actor.label} {why}", charged, crashed)
         if self.stopping or not node_up:
             return events
         if actor.restarts >= MAX_WORKER_RESTARTS:

@@ -1,7 +1,8 @@
 """The buffer of loaded pages and how batches are cut from it.
 
 Pages of similar size go together so that no batch is dominated by one huge page; pages that
-were in a batch when a worker died go alone, so an innocent page never pays for a poisoned one.
+were in a batch when a worker died go alone, to a worker with nothing else out, so an innocent
+page never pays for a poisoned one.
 """
 
 from __future__ import annotations
@@ -62,16 +63,18 @@ class ReadyPages:
         else:
             self.pages.append(page)
 
-    def take_batch(self, max_size: int) -> list[ReadyPage]:
-        """The oldest page plus the pages closest to it in size."""
-        if not self.pages:
+    def take_batch(self, max_size: int, *, alone: bool = True) -> list[ReadyPage]:
+        """A page that must go alone (`solo`, first in line), by itself, if `alone` (the
+        worker has nothing else out, so a crash there can only be that page's doing); else
+        the oldest other page plus the other pages closest to it in size."""
+        if alone and self.pages and self.pages[0].solo:
+            return [self.pages.popleft()]
+        regular = [page for page in self.pages if not page.solo]
+        if not regular:
             return []
-        first = self.pages.popleft()
-        if first.solo or max_size <= 1:
-            return [first]
-        candidates = [page for page in self.pages if not page.solo]
-        candidates.sort(key=lambda page: abs(page.pixels - first.pixels))
-        chosen = candidates[: max_size - 1]
+        first, rest = regular[0], regular[1:]
+        rest.sort(key=lambda page: abs(page.pixels - first.pixels))
+        chosen = [first, *rest[: max(max_size, 1) - 1]]
         chosen_ids = {id(page) for page in chosen}
         self.pages = deque(page for page in self.pages if id(page) not in chosen_ids)
-        return [first, *chosen]
+        return chosen

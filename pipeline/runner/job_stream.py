@@ -12,6 +12,7 @@ a job is served the same way wherever it runs; answers are what `recognize_batch
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Callable, Hashable
@@ -169,6 +170,9 @@ class JobStream:
             if fault == "short":
                 self.short.add(job_id)
             images, shape = flatten(items)
+            crash = injected_fault("page")  # FAULT INJECTION (tests): a page that kills us
+            if crash and crash in {f"exit-{im.width}x{im.height}" for im in images}:
+                os._exit(70)
             if images:
                 self.shapes[job_id] = shape
                 return job_id, images

@@ -58,6 +58,7 @@ class Scheduler:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.ready = ReadyPages()
+        self.alone: set[str] = set()  # workers holding a page that must go alone
         self.fatal: AnandaSkyError | None = None
 
     def run(self, pending: PendingPages) -> None:
@@ -114,15 +115,18 @@ class Scheduler:
         for worker in self.workers.takers():
             if not self.ready:
                 return
+            if worker.label in self.alone:  # a page that must go alone is out on it
+                continue
             # A worker already computing gets one more batch only when it is a full one.
             if worker.batches and len(self.ready) < batch_size and more_coming:
                 continue
             # Pages of a file registered again since they were loaded are dropped, not sent:
             # their ids may already belong to the new registration's pages.
-            batch = [
-                p for p in self.ready.take_batch(batch_size) if not self.changes.is_stale(p.task)
-            ]
+            taken = self.ready.take_batch(batch_size, alone=not worker.batches)
+            batch = [p for p in taken if not self.changes.is_stale(p.task)]
             if batch:
+                if batch[0].solo:  # nothing else goes to this worker until it answers
+                    self.alone.add(worker.label)
                 self.queue.claim([page.task.page_id for page in batch], worker.label)
                 self.workers.send(worker, batch)
 
@@ -139,10 +143,13 @@ class Scheduler:
             if self.fatal is None:
                 self.fatal = event.error
         elif isinstance(event, BatchLost) and not event.charged:
+            self.alone.discard(event.label)
             self._give_back(event.pages)
         elif isinstance(event, BatchLost):
+            self.alone.discard(event.label)
             self._retry_or_fail(event.pages, event.error)
         elif isinstance(event, BatchResult):
+            self.alone.discard(event.label)
             self._record(event)
 
     def _record(self, event: BatchResult) -> None:
