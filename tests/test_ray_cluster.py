@@ -259,3 +259,30 @@ def test_a_page_that_keeps_crashing_actors_fails_alone_and_the_run_finishes(
     assert "poison.png page 1: failed" in log
     assert len(re.findall(r"worker \S+ lost: \w+", log)) >= 3  # crashed, crashed again, alone
     assert "page(s) were in flight on crashed actors before" in log  # the charged path ran
+
+
+def test_a_node_that_cannot_load_the_model_is_left_out_and_the_others_finish(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """FAULT INJECTION (load:error in one node's environment): that node's actor cannot load
+    the model, as on a server missing its driver; the run goes on with the other node's actor
+    and ends as a local run does. With only the broken node, the run stops with the error."""
+    os.environ["ANANDASKY_TEST_FAULT"] = "load:error"
+    try:
+        broken = cluster.add_node(**cluster.common_args, resources={"HALF": 1})
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+    try:
+        alone = cli(*ray_args(pages, tmp_path / "alone", tiny_model_dir, cluster, "HALF"))
+        healthy = cluster.add_node(**cluster.common_args, resources={"HALF": 1})
+        out = tmp_path / "out"
+        result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "HALF"))
+        cluster.remove_node(healthy)
+    finally:
+        cluster.remove_node(broken)
+    assert alone.returncode == ExitCode.DEVICES_LOST, alone.stderr
+    assert "could not load the model: RuntimeError: injected by" in alone.stderr
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    log = (out / "run.log").read_text()
+    assert re.search(r"could not load the model: .*; the run goes on with the other actors", log)

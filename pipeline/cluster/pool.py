@@ -175,6 +175,21 @@ def lost_batches(
     return [BatchLost(label, pages, error, charged)]
 
 
+def load_failure(ray, actor: _Actor, failed: ActorFailed, *, others_left: bool) -> list[PoolEvent]:
+    """An actor that could not load the model stops the run only when no other actor is up or
+    loading: one node's broken setup (a missing driver, the model folder not there) must not
+    stop a cluster's collection, and a setup broken everywhere stops it with its own code.
+    The actor is ended (its unit freed) and not restarted."""
+    with contextlib.suppress(Exception):
+        ray.kill(actor.handle, no_restart=True)
+    error = AnandaSkyError(f"actor {actor.label} could not load the model: {failed.message}")
+    error.exit_code = ExitCode(failed.exit_code)
+    if not others_left:
+        return [PoolFailed(error)]
+    log.error("%s; the run goes on with the other actors", error)
+    return []
+
+
 class RayWorkerPool(WorkerPool):
     """One model actor per unit of the resource on every live node; see the module doc."""
 
@@ -330,10 +345,10 @@ class RayWorkerPool(WorkerPool):
         actor.label = place_label(place, self.target, actor.slot)
 
     def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed) -> list[PoolEvent]:
-        if isinstance(value, ActorFailed):
-            error = AnandaSkyError(f"actor {actor.label} could not load the model: {value.message}")
-            error.exit_code = ExitCode(value.exit_code)
-            return [PoolFailed(error)]
+        if isinstance(value, ActorFailed):  # not restarted: its node's setup is at fault
+            self.actors.pop(actor.key, None)
+            self.refs = {ref: held for ref, held in self.refs.items() if held[0] != actor.key}
+            return load_failure(self.ray, actor, value, others_left=bool(self.actors))
         # `events` hands the placement over first, so `place` is known here.
         visible = actor.place.visible_devices if actor.place else None
         actor.ready = True
