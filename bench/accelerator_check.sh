@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator measurements of BENCHMARKS.md (section 9 and the GPU section), in one run, for a session that
-# has a CUDA GPU for a few minutes: the model's CUDA tests, the decode step at batch 1 and 64
+# The accelerator measurements of BENCHMARKS.md (section 9 and the GPU section) in one run, for
+# a session that has a CUDA GPU for a few minutes: the model's tests, the decode step at batch 1 and 64
 # against the memory-bandwidth bound (with a kernel profile), and continuous vs static vs the
 # worker's stream at full size in bf16. Everything it prints also lands in $OUT (or ./accel-out).
 #
