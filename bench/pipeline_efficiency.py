@@ -45,6 +45,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dpi", type=int, default=300)
+    p.add_argument(
+        "--detector", default="rapidocr", help="the run's line detector (none: no detection)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.workers, args.pdf_pages, args.image_pages, args.max_new_tokens = (
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             cli_args += ["--workers", str(workers), "--max-new-tokens", str(args.max_new_tokens)]
             cli_args += ["--batch-size", str(args.batch_size), "--dpi", str(args.dpi)]
+            cli_args += ["--detector", args.detector]
             measured = run_cli(cli_args, tmp / f"logs-{workers}")
             print(measured.stdout, file=sys.stderr)
             results.append(analyse(workers, out, measured))
