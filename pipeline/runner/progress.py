@@ -102,6 +102,7 @@ class RunProgress:
 
     total: int
     quiet: bool = False
+    loaders: int = 0  # page loader processes of the run (for the summary's feeding hint)
     done: int = 0
     failed: int = 0
     devices: dict[str, DeviceStats] = field(default_factory=dict)
@@ -169,6 +170,9 @@ class RunProgress:
                 f"(loader processes); writing outputs {stages.write_s:.1f} s; "
                 f"job store {stages.store_s:.1f} s"
             )
+            hint = feeding_hint(self.devices, stages, self.loaders)
+            if hint:
+                lines.append(hint)
         return lines
 
     def to_dict(self, wall_s: float, stages: StageTimes) -> dict:
@@ -186,6 +190,28 @@ class RunProgress:
             "devices": devices,
             "stages": asdict(stages),
         }
+
+
+# Devices busy less than this share of their time, while the loaders had more work each than
+# the devices, means pages came too slowly: the summary says so and what to change.
+STARVED_BELOW = 0.75
+
+
+def feeding_hint(devices: dict[str, DeviceStats], stages: StageTimes, loaders: int) -> str | None:
+    """A line when the devices mostly waited for pages and the page loaders were why."""
+    busy = sum(stats.busy_s for stats in devices.values())
+    idle = sum(stats.idle_s for stats in devices.values())
+    loading = stages.load_s + stages.detect_s
+    if loaders < 1 or not devices or busy + idle <= 0 or busy / (busy + idle) >= STARVED_BELOW:
+        return None
+    if loading / loaders < busy / len(devices):  # the loaders kept up: something else
+        return None
+    detection = f", line detection {stages.detect_s / loading:.0%} of it" if stages.detect_s else ""
+    return (
+        f"  the devices waited for pages ({idle / (busy + idle):.0%} of their time): loading "
+        f"took {loading:.1f} s in {loaders} loader process(es){detection}; more --loaders "
+        "(one core each) would feed them faster"
+    )
 
 
 def write_run_summary(

@@ -64,7 +64,11 @@ def run_pass(
             if retried:
                 log.info("retrying %d page(s) that failed in earlier runs", retried)
             pending = PendingPages(backend, settings.out_path, settings.formats)
-            progress = RunProgress(total=pending.remaining, quiet=settings.quiet)
+            progress = RunProgress(
+                total=pending.remaining,
+                quiet=settings.quiet,
+                loaders=settings.loader_processes,
+            )
             if pending and not stop.stopping:
                 announce(
                     f"loading the model ({model.name}) on {_labels(slots)} ...", settings.quiet
