@@ -118,9 +118,9 @@ class Bench:
         rec._to_recognition = keep_ids
         step = rec.engine.forward_step
 
-        def counted_step(cache, positions, longest, uniform, tokens, **kwargs):
+        def counted_step(cache, positions, row_lengths, tokens):
             self.rows.append(int(tokens.shape[0]))
-            return step(cache, positions, longest, uniform, tokens, **kwargs)
+            return step(cache, positions, row_lengths, tokens)
 
         rec.engine.forward_step = counted_step
         dev = rec.torch_device

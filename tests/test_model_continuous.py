@@ -138,10 +138,10 @@ class StepLog:
         engine, dec = recognizer.engine, recognizer.engine.decoder
         step, prefill = engine.forward_step, dec.prefill
 
-        def logged_step(cache, positions, longest, uniform, tokens, **kwargs):
+        def logged_step(cache, positions, row_lengths, tokens):
             self.events.append(("step", int(tokens.shape[0])))
             self.cache_ptrs.append((cache.k.data_ptr(), cache.k.untyped_storage().data_ptr()))
-            return step(cache, positions, longest, uniform, tokens, **kwargs)
+            return step(cache, positions, row_lengths, tokens)
 
         def logged_prefill(embeds, lengths, cache, rows=None):
             self.events.append(("prefill", len(lengths)))

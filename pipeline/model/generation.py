@@ -155,14 +155,7 @@ class GenerationEngine:
         """Feed one token per live row `(B,)`; return the next logits `(B, vocab)` float32."""
         longest = max(batch.host_lengths)
         batch.cache.ensure(longest + 1)
-        logits = self.forward_step(
-            batch.cache,
-            batch.lengths,
-            longest,
-            min(batch.host_lengths) == longest,
-            tokens,
-            row_lengths=batch.host_lengths,
-        )
+        logits = self.forward_step(batch.cache, batch.lengths, batch.host_lengths, tokens)
         batch.lengths = batch.lengths + 1
         batch.host_lengths = [n + 1 for n in batch.host_lengths]
         return logits
@@ -171,25 +164,19 @@ class GenerationEngine:
         self,
         cache: KVCache,
         positions: torch.Tensor,
-        longest: int,
-        uniform: bool,
+        row_lengths: Sequence[int],
         tokens: torch.Tensor,
-        row_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """One decode step over every row of `cache` (each row holds `positions[row]` tokens, at
-        most `longest`; `uniform` when all hold the same number, so no key mask is needed).
-
-        `row_lengths`: `positions` on the host, when the caller has them; lets a step whose rows
-        differ much in length attend row by row (`attend_row_by_row`) instead of over padding.
-        """
+        """One decode step over every row of `cache`: row i holds `row_lengths[i]` tokens
+        (`positions` is the same on the device). Rows of one length need no key mask; rows
+        that differ much in length attend row by row on the CPU (`attend_row_by_row`)."""
         dec = self.decoder
+        longest = max(row_lengths)
         key_len = longest + 1
         mask = row_keys = None
-        if uniform:
-            pass
-        elif row_lengths is not None and attend_row_by_row(row_lengths, cache.k, longest):
+        if attend_row_by_row(row_lengths, cache.k, longest):
             row_keys = [n + 1 for n in row_lengths]
-        else:  # rows differ: hide slots past each row's end
+        elif min(row_lengths) < longest:  # rows differ: hide slots past each row's end
             slots = torch.arange(key_len, device=positions.device)
             mask = (slots[None, :] <= positions[:, None])[:, None, None, :]
         hidden = dec.decode(dec.embed(tokens), positions, cache, key_len, mask, row_keys)

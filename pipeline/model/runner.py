@@ -107,14 +107,7 @@ class BatchRunner:
         self.cache.ensure(longest + 1)
         if self.lengths is None:  # the batch changed since the last step
             self.lengths = torch.tensor(host, device=self.pending.device)
-        logits = self.engine.forward_step(
-            self.cache.view(n),
-            self.lengths,
-            longest,
-            min(host) == longest,
-            self.pending[:n],
-            row_lengths=host,
-        )
+        logits = self.engine.forward_step(self.cache.view(n), self.lengths, host, self.pending[:n])
         self.lengths = self.lengths + 1
         return self._choose(list(range(n)), logits)
 
