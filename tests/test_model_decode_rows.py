@@ -8,12 +8,11 @@ gets decoded alone.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from test_model_continuous import pages
 
 from pipeline.model import decoder as decoder_module
 from pipeline.model import generation
@@ -31,17 +30,6 @@ def recognizer(tiny_model_dir: Path):
     rec = load_recognizer(tiny_model_dir, device="cpu")
     rec.engine = GenerationEngine(rec.engine.decoder, ())  # pages run to their budgets
     return rec
-
-
-def pages(count: int, seed: int) -> list[Image.Image]:
-    rnd = random.Random(seed)
-    out = []
-    for i in range(count):
-        w, h = rnd.randint(40, 400), rnd.randint(40, 600)
-        image = Image.new("RGB", (w, h), (250, 248, 240))
-        ImageDraw.Draw(image).text((rnd.randint(0, w - 10), rnd.randint(0, h - 10)), f"{i}", fill=0)
-        out.append(image)
-    return out
 
 
 def test_row_by_row_attention_is_each_rows_own_call_and_matches_the_masked_one() -> None:

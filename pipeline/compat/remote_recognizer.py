@@ -41,7 +41,7 @@ from pipeline.model.generation import (
     resolve_guard,
 )
 from pipeline.model.recognizer import SCHEDULES, to_recognition
-from pipeline.model.schedules import PageFeed
+from pipeline.model.schedules import PageFeed, page_budget
 from pipeline.model.tokenizer import TextTokenizer
 from pipeline.records import Recognition
 
@@ -283,9 +283,7 @@ class RemoteRecognizer:
             recognitions = self.recognize(
                 [page[1] for page in pages],
                 prompt=prompt,
-                max_new_tokens=[
-                    min(page[2], max_new_tokens) if page[2:] else max_new_tokens for page in pages
-                ],
+                max_new_tokens=[page_budget(page, max_new_tokens) for page in pages],
                 repetition_guard=repetition_guard,
                 max_batch=max_batch,
                 token_budget=token_budget,

@@ -5,7 +5,7 @@ with page lengths from a few tokens to thousands, most steps then run a mostly e
 Here the batch stays full while pages remain:
 - the `Scheduler` keeps up to `slots` sequences in cache rows `0..n-1`; when some stop, waiting
   pages take their rows and are prefilled on arrival (their prompt embeddings come from the
-  caller's `embed`: computed then, or a batch at a time ahead with `EncodeAhead`), and their
+  caller's `embed`: computed then, or a batch at a time ahead with `HeldPages`), and their
   first token is chosen from the prefill's logits;
 - every step then feeds one token per live row, exactly as the static engine does (same decode
   pass, same key mask), so each page's tokens are those it gets decoded alone;
@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from PIL import Image
 
 from pipeline.errors import BadArguments
 from pipeline.model.generation import Generated, GenerationEngine, RepetitionGuard, token_limits
@@ -45,41 +46,45 @@ def plan_slots(reserved: int, count: int, max_batch: int | None, token_budget: i
     return max(slots, 1)
 
 
-class EncodeAhead:
-    """An `EmbedFn` that encodes pages `chunk` at a time, in order, ahead of their admission.
+class HeldPages:
+    """An `EmbedFn` over the pages handed to a continuous batch, encoded `chunk` at a time.
 
-    The vision encoder and the packed prompt run far better on a batch of images than on one;
-    pages enter the batch in the caller's order, so the next `chunk` pages are encoded together
-    when the first of them is needed (at most `chunk` prompts are held at once).
+    The vision encoder and the packed prompt run far better on a batch of images than on one,
+    but pages enter the batch one or two at a time as rows free up. So when a page's prompt
+    embeddings are first needed, it is encoded together with the other held pages not encoded
+    yet (oldest first, up to `chunk` in all). Each page's prompt length must be the one planned
+    when it was held; at most the held pages' embeddings are kept.
     """
 
     def __init__(
         self,
-        encode: Callable[[list[int]], tuple[torch.Tensor, list[int]]],
-        lengths: Sequence[int],
+        encode: Callable[[list[Image.Image]], tuple[torch.Tensor, list[int]]],
         chunk: int,
     ) -> None:
         self.encode = encode
-        self.lengths = list(lengths)
         self.chunk = max(chunk, 1)
+        self.images: dict[int, Image.Image] = {}  # held, not encoded yet (insertion = arrival)
+        self.planned: dict[int, int] = {}  # their prompt lengths
         self.ready: dict[int, torch.Tensor] = {}
-        self.used: set[int] = set()
+
+    def hold(self, index: int, image: Image.Image, prompt_len: int) -> None:
+        self.images[index], self.planned[index] = image, prompt_len
+
+    def drop(self, index: int) -> None:
+        for held in (self.images, self.planned, self.ready):
+            held.pop(index, None)
 
     def __call__(self, indices: list[int]) -> torch.Tensor:
-        for index in indices:
-            if index not in self.ready:
-                self._encode_from(index, max(self.chunk, len(indices)))
-        self.used.update(indices)
+        missing = [i for i in indices if i not in self.ready]
+        if missing:
+            later = (i for i in self.images if i not in missing)
+            todo = missing + list(itertools.islice(later, max(self.chunk - len(missing), 0)))
+            embeds, got = self.encode([self.images.pop(i) for i in todo])
+            planned = [self.planned.pop(i) for i in todo]
+            if got != planned:  # the processor and the plan disagree
+                raise RuntimeError(f"prompt lengths {got} differ from the planned ones {planned}")
+            self.ready.update(zip(todo, torch.split(embeds, got), strict=True))
         return torch.cat([self.ready.pop(i) for i in indices])
-
-    def _encode_from(self, start: int, count: int) -> None:
-        later = range(start, len(self.lengths))
-        todo = [i for i in later if i not in self.ready and i not in self.used][:count]
-        embeds, got = self.encode(todo)
-        if got != [self.lengths[i] for i in todo]:  # the processor and the plan disagree
-            raise RuntimeError(f"prompt lengths {got} differ from the planned ones")
-        for i, part in zip(todo, torch.split(embeds, got), strict=True):
-            self.ready[i] = part
 
 
 class ContinuousEngine:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.model.attention import sdpa_backends
 from pipeline.model.config import AnandaSkyConfig
-from pipeline.model.continuous import ContinuousEngine, EncodeAhead, plan_slots
+from pipeline.model.continuous import ContinuousEngine, HeldPages, plan_slots
 from pipeline.model.devices import inference
 from pipeline.model.generation import (
     Generated,
@@ -55,6 +55,11 @@ class ScheduledRecognizer(Protocol):
 PageFeed = Callable[[int, bool], "list[tuple] | None"]
 
 
+def page_budget(page: tuple, max_new_tokens: int) -> int:
+    """A fed page's token budget: its own third element, at most the stream's, else the stream's."""
+    return min(page[2], max_new_tokens) if len(page) > 2 else max_new_tokens
+
+
 def prompt_length(rec: ScheduledRecognizer, image: Image.Image, prompt: str) -> int:
     return len(rec.processor.prompt_ids(rec.image_token_count(*image.size), prompt))
 
@@ -88,12 +93,10 @@ def continuous_list(
 ) -> list[Generated]:
     """All of `images` through one continuous batch of at most `max_batch` rows."""
     lengths = [prompt_length(rec, im, prompt) for im in images]
-
-    def encode(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return rec.prompt_embeddings([images[i] for i in indices], prompt)
-
     # Pages arrive one or two at a time; their images are encoded a batch at a time ahead.
-    embed = EncodeAhead(encode, lengths, chunk=max_batch or len(images))
+    embed = HeldPages(lambda batch: rec.prompt_embeddings(batch, prompt), max_batch or len(images))
+    for i, (image, length) in enumerate(zip(images, lengths, strict=True)):
+        embed.hold(i, image, length)
     return ContinuousEngine(rec.engine).generate(
         lengths, embed, max_new_tokens, guard, max_batch=max_batch, token_budget=token_budget
     )
@@ -118,7 +121,7 @@ def continuous_stream(
     capacity = min(max_positions, longest + max_new_tokens)
     slots = plan_slots(capacity, max_batch, max_batch, token_budget)
     keys: dict[int, Hashable] = {}
-    encoder = HeldPages(rec, prompt, chunk=slots)
+    encoder = HeldPages(lambda batch: rec.prompt_embeddings(batch, prompt), chunk=slots)
     counter = itertools.count()
 
     def seq_feed(n: int, block: bool) -> list[Seq] | None:
@@ -126,13 +129,12 @@ def continuous_stream(
         if pages is None:
             return None
         seqs = []
-        for key, image, *budget in pages:
+        for page in pages:
             i = next(counter)
-            keys[i] = key
-            encoder.hold(i, image)
+            keys[i], image = page[0], page[1]
             length = prompt_length(rec, image, prompt)
-            wanted = min(budget[0], max_new_tokens) if budget else max_new_tokens
-            (limit,) = token_limits(wanted, [length], max_positions)
+            encoder.hold(i, image, length)
+            (limit,) = token_limits(page_budget(page, max_new_tokens), [length], max_positions)
             seqs.append(Seq(i, length, limit))
         return seqs
 
@@ -149,35 +151,3 @@ def continuous_stream(
             return
         encoder.drop(seq.index)
         yield keys.pop(seq.index), rec._to_recognition(seq.result)
-
-
-class HeldPages:
-    """The images of a stream's pages between the feed and the batch, encoded `chunk` at a time.
-
-    When a page's prompt embeddings are first needed, it is encoded together with the other
-    held pages not encoded yet (oldest first, up to `chunk` in all); at most the held pages'
-    embeddings are kept.
-    """
-
-    def __init__(self, rec: ScheduledRecognizer, prompt: str, chunk: int) -> None:
-        self.rec, self.prompt, self.chunk = rec, prompt, max(chunk, 1)
-        self.images: dict[int, Image.Image] = {}  # held, not encoded yet (insertion = arrival)
-        self.ready: dict[int, torch.Tensor] = {}
-
-    def hold(self, index: int, image: Image.Image) -> None:
-        self.images[index] = image
-
-    def drop(self, index: int) -> None:
-        self.images.pop(index, None)
-        self.ready.pop(index, None)
-
-    def __call__(self, indices: list[int]) -> torch.Tensor:
-        missing = [i for i in indices if i not in self.ready]
-        if missing:
-            others = [i for i in self.images if i not in missing]
-            todo = missing + others[: max(self.chunk - len(missing), 0)]
-            embeds, lengths = self.rec.prompt_embeddings(
-                [self.images.pop(i) for i in todo], self.prompt
-            )
-            self.ready.update(zip(todo, torch.split(embeds, lengths), strict=True))
-        return torch.cat([self.ready.pop(i) for i in indices])
