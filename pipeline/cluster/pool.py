@@ -175,14 +175,11 @@ def lost_batches(
     return [BatchLost(label, pages, error, charged)]
 
 
-def load_failure(ray, actor: _Actor, failed: ActorFailed, *, others_left: bool) -> list[PoolEvent]:
+def load_failure(label: str, failed: ActorFailed, *, others_left: bool) -> list[PoolEvent]:
     """An actor that could not load the model stops the run only when no other actor is up or
     loading: one node's broken setup (a missing driver, the model folder not there) must not
-    stop a cluster's collection, and a setup broken everywhere stops it with its own code.
-    The actor is ended (its unit freed) and not restarted."""
-    with contextlib.suppress(Exception):
-        ray.kill(actor.handle, no_restart=True)
-    error = AnandaSkyError(f"actor {actor.label} could not load the model: {failed.message}")
+    stop a cluster's collection, and a setup broken everywhere stops it with its own code."""
+    error = AnandaSkyError(f"actor {label} could not load the model: {failed.message}")
     error.exit_code = ExitCode(failed.exit_code)
     if not others_left:
         return [PoolFailed(error)]
@@ -204,8 +201,7 @@ class RayWorkerPool(WorkerPool):
         self.nodes: dict[str, ClusterNode] = {}
         self.stopping = False
         self._woken = threading.Event()
-        self._next_key = 0
-        self._next_batch = 0
+        self._next_key = self._next_batch = 0  # next actor key; last batch id sent
         self._next_poll = 0.0
         self._remote = self.ray.remote(ModelActor)
         self.cost = DriverCost()
@@ -346,9 +342,8 @@ class RayWorkerPool(WorkerPool):
 
     def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed) -> list[PoolEvent]:
         if isinstance(value, ActorFailed):  # not restarted: its node's setup is at fault
-            self.actors.pop(actor.key, None)
-            self.refs = {ref: held for ref, held in self.refs.items() if held[0] != actor.key}
-            return load_failure(self.ray, actor, value, others_left=bool(self.actors))
+            self._forget(actor)
+            return load_failure(actor.label, value, others_left=bool(self.actors))
         # `events` hands the placement over first, so `place` is known here.
         visible = actor.place.visible_devices if actor.place else None
         actor.ready = True
@@ -373,14 +368,9 @@ class RayWorkerPool(WorkerPool):
         """End `actor`; its batches come back lost; a replacement if its node is still up."""
         pages = [page for batch in actor.outstanding.values() for page in batch]
         log.error("worker %s %s; %d page(s) in flight", actor.label, why, len(pages))
-        self.actors.pop(actor.key, None)
-        for ref in [r for r, (key, _) in self.refs.items() if key == actor.key]:
-            del self.refs[ref]
-        with contextlib.suppress(Exception):
-            self.ray.kill(actor.handle, no_restart=True)
+        self._forget(actor)
         node_up = actor.node.node_id in {n.node_id for n in live_nodes(self.target.resource)}
-        # Not charged and the node is up: the actor itself died (`CrashCount` decides).
-        crashed = self.crashes if node_up and not charged else None
+        crashed = self.crashes if node_up and not charged else None  # the actor itself died
         events = lost_batches(actor.label, pages, f"worker {actor.label} {why}", charged, crashed)
         if self.stopping or not node_up:
             return events
@@ -390,3 +380,10 @@ class RayWorkerPool(WorkerPool):
         replacement = self._start_actor(actor.node, actor.slot, actor.restarts + 1)
         events.append(WorkerRestarted(actor.label, replacement.restarts))
         return events
+
+    def _forget(self, actor: _Actor) -> None:
+        """No more answers from `actor`: out of the pool, its calls dropped, its process ended."""
+        self.actors.pop(actor.key, None)
+        self.refs = {ref: held for ref, held in self.refs.items() if held[0] != actor.key}
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor.handle, no_restart=True)
