@@ -143,14 +143,13 @@ class Scheduler:
             if self.fatal is None:
                 self.fatal = event.error
         elif isinstance(event, BatchLost) and not event.charged:
-            self.alone.discard(event.label)
             self._give_back(event.pages)
         elif isinstance(event, BatchLost):
-            self.alone.discard(event.label)
             self._retry_or_fail(event.pages, event.error)
         elif isinstance(event, BatchResult):
-            self.alone.discard(event.label)
             self._record(event)
+        if isinstance(event, BatchLost | BatchResult):  # the worker answered (or is gone)
+            self.alone.discard(event.label)
 
     def _record(self, event: BatchResult) -> None:
         stats = self.progress.device(event.label)
