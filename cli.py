@@ -97,8 +97,10 @@ def run(
     loaders: Annotated[
         int,
         typer.Option(
-            help="CPU processes that rasterize and decode pages ahead of the devices "
-            "(0: one per 8 cores, 1 to 8)."
+            help="CPU processes that rasterize and decode pages and detect their lines ahead "
+            "of the devices (0: automatic; with line detection the cores left after one per "
+            "accelerator and one for the coordinator, or half the cores on CPU, at most 32; "
+            "with --detector none one per 8 cores, 1 to 8)."
         ),
     ] = 0,
     new_config: Annotated[

@@ -52,11 +52,6 @@ def test_bad_settings_are_refused_naming_the_option(overrides, message):
         settings(**overrides)
 
 
-def test_zero_loaders_means_at_least_one_chosen_from_the_cpu_count():
-    assert 1 <= settings(loaders=0).loader_processes <= 8
-    assert settings(loaders=5).loader_processes == 5
-
-
 def page(name: str, width: int, height: int, solo: bool = False) -> ReadyPage:
     return ReadyPage(task=name, image=Image.new("RGB", (width, height)), load_s=0.0, solo=solo)
 

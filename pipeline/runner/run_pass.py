@@ -39,7 +39,7 @@ def run_pass(
     options = worker_options(settings, slots, model.prompt)
     workers = _worker_pool(settings, slots, options)
     loaders = LoaderPool(
-        settings.loader_processes,
+        settings.loader_processes(slots),
         settings.ingest,
         page_pixel_budget(settings.model_dir, settings.impl),
         on_done=workers.wake,
@@ -67,7 +67,7 @@ def run_pass(
             progress = RunProgress(
                 total=pending.remaining,
                 quiet=settings.quiet,
-                loaders=settings.loader_processes,
+                loaders=loaders.processes,
             )
             if pending and not stop.stopping:
                 announce(

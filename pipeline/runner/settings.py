@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.layout.detector import DetectorSettings
 from pipeline.layout.geometry import READING_ORDERS
 from pipeline.model.checkpoint import hash_code_files
 from pipeline.model.config import AnandaSkyConfig, canonical_dtype
+from pipeline.runner.device_plan import WorkerSlot
 
 OUTPUT_FORMATS = ("alto", "txt")
 LAYOUTS = ("page", "lines")  # recognise whole pages, or each detected line's crop
@@ -27,6 +29,9 @@ DETECTORS = ("rapidocr", "none")  # none: no line detection (page mode only; no 
 # Not stored: a password has no business on disk, and `resume` asks for it again.
 # `--prune` acts once: a resumed run must not delete outputs the user did not ask it to.
 _NOT_STORED = ("pdf_password", "quiet", "new_config", "recover_store", "prune")
+# Detecting loaders at most when chosen automatically (`automatic_loaders`): each one's resident
+# memory was ~0.75 GB after detecting lines on the test pages, so 32 hold ~24 GB.
+MAX_DETECTING_LOADERS = 32
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class RunSettings:
     max_attempts: int = 3
     batch_timeout: float = 0  # 0: derived from the token budget (`batch_timeout_s`)
     formats: tuple[str, ...] = OUTPUT_FORMATS
-    loaders: int = 0  # 0: chosen from the CPU count (`loader_processes`)
+    loaders: int = 0  # 0: chosen from the cores and devices (`automatic_loaders`)
     include: tuple[str, ...] = ()  # globs against the path relative to its input argument
     exclude: tuple[str, ...] = ()
     prune: bool = False  # forget documents whose source is gone, and their outputs
@@ -129,12 +134,12 @@ class RunSettings:
             max_image_pixels=self.max_image_pixels,
         )
 
-    @property
-    def loader_processes(self) -> int:
-        """`--loaders 0`: one loader per 8 CPU cores, 1 to 8 (a 300 DPI page takes ~70 ms)."""
+    def loader_processes(self, slots: Sequence[WorkerSlot]) -> int:
+        """`--loaders`, or 0: chosen from this machine's cores and the run's device workers."""
         if self.loaders:
             return self.loaders
-        return max(1, min(8, (os.cpu_count() or 1) // 8))
+        accelerators = sum(slot.device_type != "cpu" for slot in slots)
+        return automatic_loaders(os.cpu_count() or 1, accelerators, self.detector != "none")
 
     @property
     def batch_timeout_s(self) -> float:
@@ -211,6 +216,23 @@ class RunSettings:
                 values[key] = tuple(values[key])
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def automatic_loaders(cores: int, accelerator_workers: int, detect: bool) -> int:
+    """Page loaders for `--loaders 0`.
+
+    Loading alone takes ~70 ms a page (300 DPI): one loader per 8 cores, 1 to 8, keeps devices
+    fed. Line detection adds ~0.3-0.6 CPU-s a page, so with it the loaders get the cores nothing
+    else needs: all but one per accelerator worker and one for the coordinator; on CPU-only runs
+    the workers' torch threads share the cores, so half. Never fewer than without detection
+    (a `--ray` run counts actors that may sit on other nodes), and at most
+    MAX_DETECTING_LOADERS: each holds an onnxruntime session and its buffers (~0.75 GB).
+    """
+    light = max(1, min(8, cores // 8))
+    if not detect:
+        return light
+    spare = cores - accelerator_workers - 1 if accelerator_workers else cores // 2
+    return max(light, min(MAX_DETECTING_LOADERS, spare))
 
 
 # Fingerprint keys added after stores existed, with the value every run before them had: an

@@ -244,7 +244,7 @@ def worker_options(settings: RunSettings, slots: list[WorkerSlot], prompt: str) 
     cpu_slots = sum(slot.device_type == "cpu" for slot in slots)
     threads = None
     if cpu_slots:
-        threads = max(1, (mp.cpu_count() - settings.loader_processes) // cpu_slots)
+        threads = max(1, (mp.cpu_count() - settings.loader_processes(slots)) // cpu_slots)
     return WorkerOptions(
         model_dir=str(Path(settings.model_dir).resolve()),
         dtype=settings.dtype,
