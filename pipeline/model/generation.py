@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.model.decoder import KVCache, NativeDecoder
+from pipeline.model.fixed_shapes import KeptStep
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_new_tokens"
@@ -112,11 +113,19 @@ class DecodeBatch:
 
 
 class GenerationEngine:
-    """Greedy decoding for a batch of prompt embeddings over a `NativeDecoder`."""
+    """Greedy decoding for a batch of prompt embeddings over a `NativeDecoder`.
 
-    def __init__(self, decoder: NativeDecoder, stop_ids: Sequence[int]) -> None:
+    `fixed_shapes`: continuous batches decode at bucketed shapes over a cache allocated whole
+    and kept between batches, captured as CUDA graphs on a GPU (`fixed_shapes.py`); off by
+    default until measured on a device.
+    """
+
+    def __init__(
+        self, decoder: NativeDecoder, stop_ids: Sequence[int], fixed_shapes: bool = False
+    ) -> None:
         self.decoder = decoder
         self.stop_ids = frozenset(int(i) for i in stop_ids)
+        self.fixed_step = KeptStep() if fixed_shapes else None
 
     def prefill(
         self, embeds: torch.Tensor, lengths: Sequence[int], max_new_tokens: int

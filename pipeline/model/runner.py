@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from pipeline.model.fixed_shapes import FixedShapeStep
 from pipeline.model.generation import (
     STOP_MAX_TOKENS,
     GenerationEngine,
@@ -57,6 +58,7 @@ class BatchRunner:
         self.embed = embed
         self.tracker = SlotRepetitionTracker(guard, slots, max_steps) if guard else None
         self.cache: SlotCache | None = None
+        self.fixed_step: FixedShapeStep | None = None  # with `engine.fixed_step`
         self.pending: torch.Tensor | None = None  # (slots,) the next token to feed, per row
         self.lengths: torch.Tensor | None = None  # (n,) cache lengths of the live rows
         self.done: list[Seq] = []
@@ -107,7 +109,11 @@ class BatchRunner:
         self.cache.ensure(longest + 1)
         if self.lengths is None:  # the batch changed since the last step
             self.lengths = torch.tensor(host, device=self.pending.device)
-        logits = self.engine.forward_step(self.cache.view(n), self.lengths, host, self.pending[:n])
+        if self.fixed_step is not None:
+            logits = self.fixed_step(self.lengths, host, self.pending[:n])
+        else:
+            step = self.engine.forward_step
+            logits = step(self.cache.view(n), self.lengths, host, self.pending[:n])
         self.lengths = self.lengths + 1
         return self._choose(list(range(n)), logits)
 
@@ -170,8 +176,15 @@ class BatchRunner:
         return self._choose(rows, self.dec.logits(hidden))
 
     def _allocate(self, embeds: torch.Tensor, longest_prompt: int) -> None:
-        """Rows for every slot; positions for the first prompts and a first stretch of tokens."""
+        """Rows for every slot; positions for the first prompts and a first stretch of tokens
+        (fixed-shape steps take the engine's kept cache, allocated whole: it must not move)."""
         dec = self.dec
+        device, dtype = embeds.device, embeds.dtype
+        self.pending = torch.zeros(self.slots, dtype=torch.long, device=device)
+        if (kept := self.engine.fixed_step) is not None:
+            self.fixed_step = kept.for_batch(dec, self.slots, self.max_capacity, device, dtype)
+            self.cache = self.fixed_step.cache
+            return
         first = min(self.max_capacity, longest_prompt + SlotCache.GROW_BY)
         self.cache = SlotCache(
             dec.num_layers,
@@ -180,7 +193,6 @@ class BatchRunner:
             dec.head_dim,
             first,
             self.max_capacity,
-            embeds.device,
-            embeds.dtype,
+            device,
+            dtype,
         )
-        self.pending = torch.zeros(self.slots, dtype=torch.long, device=embeds.device)
