@@ -17,6 +17,9 @@ Paths, both through `Recognizer.recognize` at `--max-batch` B:
 - worker: what a device worker runs (`runner.job_stream.JobStream` over its task queue):
   batches of B pages, `JOBS_PER_WORKER` out at once, one `recognize_stream` that never drains
   between batches, each batch answered when its last page stops and the next sent then.
+With `--fixed-shapes`, also continuous+fixed and worker+fixed: the same, decoding at bucketed
+shapes over a cache allocated whole (`pipeline/model/fixed_shapes.py`), each shape captured once
+as a CUDA graph on a GPU; capture time is its own column, not decode time.
 Rounds are interleaved (the order alternates) and reported as medians; the script exits 1
 unless every page's token ids are identical on both paths in every round.
 
@@ -45,6 +48,8 @@ from pipeline.runner.worker_pool import JOBS_PER_WORKER
 
 NAME = "continuous_batching"
 PATHS = ("static", "continuous", "worker")
+# With --fixed-shapes: the same two, decoding at fixed shapes (CUDA graphs on a GPU).
+FIXED_PATHS = ("continuous+fixed", "worker+fixed")
 # (share of pages, shortest, longest) at full scale, from the issue.
 LENGTH_MIX = ((0.2, 1, 20), (0.6, 200, 800), (0.2, 1500, 2048))
 PROMPT = "Recognize the text in this image."
@@ -70,7 +75,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="what the figures are in; auto: CPU time on cpu (use with --threads 1), else wall",
     )
+    p.add_argument(
+        "--fixed-shapes",
+        action="store_true",
+        help="also continuous and worker at fixed shapes (captured as CUDA graphs on a GPU; "
+        "the cache and graphs are kept from round to round, as a worker keeps them in a run)",
+    )
     args = p.parse_args(argv)
+    args.paths = PATHS + (FIXED_PATHS if args.fixed_shapes else ())
     if args.quick:
         args.size, args.pages, args.max_batch, args.length_scale = "tiny", 10, 3, 1 / 64
         args.repeats, args.warmup, args.threads, args.page_scale = 1, 0, 1, 0.1
@@ -102,6 +114,7 @@ class Bench:
         from dataclasses import replace
 
         from pipeline.ingest.images import shrink_to
+        from pipeline.model import fixed_shapes
         from pipeline.model.generation import GenerationEngine
 
         self.rec, self.args = rec, args
@@ -123,12 +136,23 @@ class Bench:
             return step(cache, positions, row_lengths, tokens)
 
         rec.engine.forward_step = counted_step
+        fixed_step = fixed_shapes.FixedShapeStep.__call__
+
+        def counted_fixed_step(step, positions, row_lengths, tokens):
+            self.rows.append(len(row_lengths))
+            return fixed_step(step, positions, row_lengths, tokens)
+
+        fixed_shapes.FixedShapeStep.__call__ = counted_fixed_step  # the bench's own process
+        # One kept cache for both fixed paths (the larger rows win, then both fit): a worker
+        # keeps its cache and graphs for a whole run, so rounds after the warm-up capture nothing.
+        self.kept = fixed_shapes.KeptStep()
         dev = rec.torch_device
         self.cpu_clock = args.clock == "cpu" or (args.clock == "auto" and dev.type == "cpu")
         self.clock = PhaseClock(lambda: _sync(dev))
         self.clock.wrap(rec.processor, "images", "patchify")
         self.clock.wrap(rec.model, "encode_images", "vision")
         self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
+        self.clock.wrap(fixed_shapes, "capture_cuda_graph", "capture")
         pages = benchdata.page_mix(args.pages, scale=args.page_scale)
         self.images = [shrink_to(p, rec.max_image_pixels) for p in pages]
         self.lengths = draw_lengths(args.pages, args.length_scale, args.seed)
@@ -136,6 +160,8 @@ class Bench:
     def run(self, path: str) -> tuple[dict[str, Any], list[list[int]]]:
         self.clock.reset()
         self.tokens, self.rows = [], []
+        self.rec.engine.fixed_step = self.kept if path in FIXED_PATHS else None
+        path = path.removesuffix("+fixed")
         with self.clock.total():
             if path == "worker":
                 self._worker()
@@ -152,6 +178,7 @@ class Bench:
         s = dict(self.clock.cpu_seconds if self.cpu_clock else self.clock.seconds)
         total = s["total"]
         other = s.get("patchify", 0.0) + s.get("vision", 0.0) + s.get("prefill", 0.0)
+        other += s.get("capture", 0.0)
         row = {
             "pages": len(self.images),
             "tokens": sum(len(t) for t in self.tokens),
@@ -161,6 +188,7 @@ class Bench:
             "vision_s": s.get("patchify", 0.0) + s.get("vision", 0.0),
             "prefill_s": s.get("prefill", 0.0),
             "decode_s": total - other,
+            "capture_s": s.get("capture", 0.0),
             "decode_steps": len(self.rows),
             "mean_rows_per_step": sum(self.rows) / max(len(self.rows), 1),
         }
@@ -268,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-continuous-") as tmp:
         rec = benchdata.build_recognizer(args.size, args.device, args.dtype, Path(tmp))
         bench = Bench(rec, args)
-        rounds: dict[str, list[dict]] = {p: [] for p in PATHS}
+        rounds: dict[str, list[dict]] = {p: [] for p in args.paths}
         first: list[list[int]] | None = None
         mismatches: list[dict[str, Any]] = []
         for r in range(args.warmup + args.repeats):
-            for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+            for path in args.paths if r % 2 == 0 else args.paths[::-1]:
                 measured, tokens = bench.run(path)
                 first = first if first is not None else tokens
                 for page, (got, want) in enumerate(zip(tokens, first, strict=True)):
@@ -299,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefill_s": "prefill s",
         "decode_s": "decode s",
         "decode_steps": "steps",
+        "capture_s": "capture s",
         "occupancy": "rows/step / B",
         "wall_s": "wall s",
         "speedup_wall": "x static (wall)",

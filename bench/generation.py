@@ -30,6 +30,7 @@ from benchlib import Goal, PhaseClock, median
 
 NAME = "generation"
 NO_STOP: tuple[int, ...] = ()
+FIXED = "+fixed"  # a batch key's suffix for the engine at fixed shapes
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         help="what the figures are in; auto: CPU time on cpu (use with --threads 1), else wall",
     )
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops, both paths")
+    p.add_argument(
+        "--fixed-shapes",
+        action="store_true",
+        help="also the engine at fixed shapes (CUDA graphs on a GPU), side by side per batch",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batches, args.new_tokens, args.pages = "tiny", "1,4", 6, 4
@@ -70,9 +76,11 @@ class Bench:
     def __init__(self, rec: Any, args: Any) -> None:
         import torch
 
+        from pipeline.model import fixed_shapes
         from pipeline.model.generation import GenerationEngine
 
         self.torch = torch
+        self.kept = fixed_shapes.KeptStep()  # one cache and its graphs, kept from call to call
         self.rec = rec
         self.args = args
         rec.engine = GenerationEngine(rec.engine.decoder, NO_STOP)
@@ -93,6 +101,7 @@ class Bench:
         self.clock.wrap(rec.model, "encode_images", "vision")
         # The decoder's pass, which both the static and the continuous schedule call.
         self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
+        self.clock.wrap(fixed_shapes, "capture_cuda_graph", "capture")
         self.clock.wrap(rec.model.language_model, "forward", _hf_phase)
         from pipeline.ingest.images import shrink_to
 
@@ -121,6 +130,7 @@ class Bench:
         n = self.args.new_tokens
         batches = len(pages) // batch
         decode = total - s.get("patchify", 0.0) - s.get("vision", 0.0) - s.get("prefill", 0.0)
+        decode -= s.get("capture", 0.0)
         row = {
             "pages": len(pages),
             "tokens": len(pages) * n,
@@ -131,6 +141,7 @@ class Bench:
             "vision_s": s.get("vision", 0.0),
             "prefill_s": s.get("prefill", 0.0),
             "decode_s": decode,
+            "capture_s": s.get("capture", 0.0),
             "decode_step_ms": decode / (batches * (n - 1)) * 1000,
         }
         if self.cuda:
@@ -146,8 +157,9 @@ class Bench:
             )
         return self._measure(pages, 1), self.tokens
 
-    def ours(self, batch: int) -> tuple[dict[str, Any], list[list[int]]]:
+    def ours(self, batch: int, fixed: bool = False) -> tuple[dict[str, Any], list[list[int]]]:
         pages = self.pages_for(batch)
+        self.rec.engine.fixed_step = self.kept if fixed else None
         self._start()
         with self.clock.total():
             for start in range(0, len(pages), batch):
@@ -228,10 +240,10 @@ def profile(bench: Bench, batch: int, top: int = 12) -> dict[str, list[dict[str,
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
     out = {}
-    for label, run in (
-        ("baseline", bench.baseline),
-        (f"engine batch {batch}", lambda: bench.ours(batch)),
-    ):
+    runs = [("baseline", bench.baseline), (f"engine batch {batch}", lambda: bench.ours(batch))]
+    if bench.args.fixed_shapes:
+        runs.append((f"engine batch {batch}, fixed shapes", lambda: bench.ours(batch, True)))
+    for label, run in runs:
         with torch_profile(activities=activities) as prof:
             run()
         events = list(prof.key_averages())
@@ -259,9 +271,10 @@ def summarise(bench: Bench, rounds: dict[str, list[dict]], args: Any) -> list[di
     rows = []
     base_rate = None
     for key, samples in rounds.items():
-        batch = 1 if key == "baseline" else int(key)
+        batch = 1 if key == "baseline" else int(key.removesuffix(FIXED))
+        path = "engine, fixed shapes" if key.endswith(FIXED) else "engine"
         row: dict[str, Any] = {
-            "path": "transformers generate()" if key == "baseline" else "engine",
+            "path": "transformers generate()" if key == "baseline" else path,
             "batch": batch,
         }
         for field, value in samples[0].items():
@@ -299,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         rec = benchdata.build_recognizer(args.size, args.device, args.dtype, Path(tmp))
         bench = Bench(rec, args)
-        keys = ["baseline", *[str(b) for b in args.batch_list]]
+        fixed = [FIXED] if args.fixed_shapes else []
+        keys = ["baseline", *[f"{b}{f}" for b in args.batch_list for f in ["", *fixed]]]
         rounds: dict[str, list[dict]] = {k: [] for k in keys}
         mismatches: list[dict] = []
         base_tokens: list[list[int]] = []
@@ -312,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                 if key == "baseline":
                     measured, base_tokens = bench.baseline()
                 else:
-                    measured, tokens = bench.ours(int(key))
-                    bad = compare(base_tokens, tokens, bench.pages_for(int(key)), args.new_tokens)
-                    mismatches += [{"batch": int(key), "round": r, **b} for b in bad]
+                    batch = int(key.removesuffix(FIXED))
+                    measured, tokens = bench.ours(batch, key.endswith(FIXED))
+                    bad = compare(base_tokens, tokens, bench.pages_for(batch), args.new_tokens)
+                    mismatches += [{"path": key, "round": r, **b} for b in bad]
                 if r >= args.warmup:
                     rounds[key].append(measured)
                 print(
@@ -340,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefill_s": "prefill s",
         "decode_s": "decode s",
         "decode_step_ms": "ms/step",
+        "capture_s": "capture s",
         "decode_speedup": "decode x",
         "wall_s": "wall s",
         "speedup_wall": "x base (wall)",
