@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 
 from pipeline.errors import AnandaSkyError
 from pipeline.ingest.page_loading import LoadFailure
@@ -59,6 +60,7 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.ready = ReadyPages()
         self.alone: set[str] = set()  # workers holding a page that must go alone
+        self.pages_sent: Counter[str] = Counter()  # per worker label, to break ties (`_dispatch`)
         self.fatal: AnandaSkyError | None = None
 
     def run(self, pending: PendingPages) -> None:
@@ -112,7 +114,11 @@ class Scheduler:
         # Near the end of the work, share what is left instead of handing it all to one device.
         batch_size = max(1, min(self.batch_size, math.ceil(remaining / live)))
         more_coming = remaining > len(self.ready)
-        for worker in self.workers.takers():
+        # Fewest batches out first (the pools' order); among equals the worker sent the fewest
+        # pages, so idle workers take turns when pages trickle in instead of the first in line
+        # taking every batch while the others stand idle.
+        takers = sorted(self.workers.takers(), key=lambda w: (w.batches, self.pages_sent[w.label]))
+        for worker in takers:
             if not self.ready:
                 return
             if worker.label in self.alone:  # a page that must go alone is out on it
@@ -129,6 +135,7 @@ class Scheduler:
                     self.alone.add(worker.label)
                 self.queue.claim([page.task.page_id for page in batch], worker.label)
                 self.workers.send(worker, batch)
+                self.pages_sent[worker.label] += len(batch)
 
     # -- what the workers say ----------------------------------------------------------------
 
