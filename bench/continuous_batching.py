@@ -152,7 +152,7 @@ class Bench:
         self.clock.wrap(rec.processor, "images", "patchify")
         self.clock.wrap(rec.model, "encode_images", "vision")
         self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
-        self.clock.wrap(fixed_shapes, "capture_cuda_graph", "capture")
+        self.clock.wrap(fixed_shapes, "capture_graph", "capture")
         pages = benchdata.page_mix(args.pages, scale=args.page_scale)
         self.images = [shrink_to(p, rec.max_image_pixels) for p in pages]
         self.lengths = draw_lengths(args.pages, args.length_scale, args.seed)

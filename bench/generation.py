@@ -101,7 +101,7 @@ class Bench:
         self.clock.wrap(rec.model, "encode_images", "vision")
         # The decoder's pass, which both the static and the continuous schedule call.
         self.clock.wrap(rec.engine.decoder, "prefill", "prefill")
-        self.clock.wrap(fixed_shapes, "capture_cuda_graph", "capture")
+        self.clock.wrap(fixed_shapes, "capture_graph", "capture")
         self.clock.wrap(rec.model.language_model, "forward", _hf_phase)
         from pipeline.ingest.images import shrink_to
 

@@ -16,7 +16,7 @@ import torch
 from test_model_continuous import pages
 
 from pipeline.model import runner as runner_module
-from pipeline.model.fixed_shapes import KEY_BUCKET, key_bucket, row_bucket
+from pipeline.model.fixed_shapes import KEY_BUCKET, graph_api, key_bucket, row_bucket
 from pipeline.model.generation import (
     STOP_EOS,
     STOP_MAX_TOKENS,
@@ -68,6 +68,7 @@ def test_buckets() -> None:
     assert key_bucket(KEY_BUCKET, 10_000) == KEY_BUCKET
     assert key_bucket(KEY_BUCKET + 1, 10_000) == 2 * KEY_BUCKET
     assert key_bucket(KEY_BUCKET + 1, 300) == 300  # never past the cache
+    assert graph_api(torch.device("cpu")) is None  # the CPU runs the same shapes eagerly
 
 
 @pytest.mark.parametrize("max_batch", [1, 3, 5, 16])
@@ -106,7 +107,7 @@ def test_steps_come_from_a_few_shapes_over_one_cache(recognizer, mixed, monkeypa
     with_engine(recognizer, images, stop, True, repetition_guard=False, max_batch=6)
     batch = runners[0][0]
     step = batch.fixed_step
-    assert step is not None and not step.capture  # CPU: the same shapes, run eagerly
+    assert step is not None and step.graphs is None  # CPU: the same shapes, run eagerly
     assert {ptr for _, ptr, _ in runners} == {batch.cache.k.data_ptr()}  # never grown or moved
     assert batch.cache is step.cache
     assert batch.cache.capacity == batch.cache.max_capacity >= batch.max_capacity  # whole at once

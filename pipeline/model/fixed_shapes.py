@@ -14,9 +14,9 @@ step runs over a few shapes instead:
   kept from batch to batch (`KeptStep`), the rotary table for all of it built at once, so no
   step allocates what a graph keeps.
 On CUDA each (rows, keys) shape is captured once as a CUDA graph and then replayed: one launch
-per step instead of hundreds. Elsewhere the same step runs eagerly; on the CPU that is what the
-tests check (every page gets the tokens it gets decoded alone), and it is the shape discipline
-the graph modes of other devices need.
+per step instead of hundreds; on an Ascend NPU the same through torch_npu's `NPUGraph` (written
+to its documented API, not yet run on an NPU). Elsewhere the same step runs eagerly; on the CPU
+that is what the tests check (every page gets the tokens it gets decoded alone).
 """
 
 from __future__ import annotations
@@ -48,9 +48,16 @@ def key_bucket(keys: int, capacity: int) -> int:
     return min(-(-keys // KEY_BUCKET) * KEY_BUCKET, capacity)
 
 
-def can_capture(device: torch.device) -> bool:
-    """Whether steps on `device` are captured as graphs (CUDA); elsewhere they run eagerly."""
-    return device.type == "cuda" and torch.cuda.is_available()
+def graph_api(device: torch.device):
+    """The device module whose graphs capture steps on `device`, or None (steps run eagerly):
+    `torch.cuda` on CUDA; on an Ascend NPU, torch_npu's `torch.npu`, whose `NPUGraph` has the
+    same capture and replay calls (aclgraph; torch_npu is looked up, never imported)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda
+    npu = getattr(torch, "npu", None)
+    if device.type == "npu" and all(hasattr(npu, n) for n in ("NPUGraph", "graph", "Stream")):
+        return npu
+    return None
 
 
 class FixedShapeStep:
@@ -61,17 +68,17 @@ class FixedShapeStep:
     counts the graphs captured, for benchmarks and tests.
     """
 
-    def __init__(self, decoder: NativeDecoder, cache: SlotCache, capture: bool) -> None:
+    def __init__(self, decoder: NativeDecoder, cache: SlotCache) -> None:
         self.decoder = decoder
         self.cache = cache
         self.slots = cache.k.shape[1]
         device = cache.k.device
         self.tokens = torch.zeros(self.slots, dtype=torch.long, device=device)
         self.positions = torch.zeros(self.slots, dtype=torch.long, device=device)
-        self.capture = capture
+        self.graphs = graph_api(device)  # None: steps run eagerly
         self.captured = 0
         self.steps: dict[tuple[int, int], Step] = {}
-        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.pool = self.graphs.graph_pool_handle() if self.graphs else None
         # The rotary table for every position the cache can hold, built now: a step that grew
         # it would leave captured graphs reading a freed table.
         decoder.rope(self.positions[:1], cache.max_capacity, cache.k.dtype)
@@ -108,10 +115,10 @@ class FixedShapeStep:
         def run() -> torch.Tensor:
             return self._forward(view, rows, keys)
 
-        if not self.capture:
+        if self.graphs is None:
             return run
         self.captured += 1
-        return capture_cuda_graph(run, self.pool)
+        return capture_graph(self.graphs, run, self.pool)
 
     def _forward(self, view: CacheView, rows: int, keys: int) -> torch.Tensor:
         dec = self.decoder
@@ -151,25 +158,26 @@ class KeptStep:
         cache = SlotCache(
             dec.num_layers, slots, dec.num_kv_heads, dec.head_dim, size, size, device, dtype
         )
-        self.step = FixedShapeStep(decoder, cache, can_capture(device))
+        self.step = FixedShapeStep(decoder, cache)
         return self.step
 
 
-def capture_cuda_graph(run: Step, pool: object) -> Step:
-    """Capture `run` as a CUDA graph; return a replay that gives its (reused) output tensor.
+def capture_graph(api, run: Step, pool: object) -> Step:
+    """Capture `run` as a device graph (`api`: `torch.cuda` or `torch.npu`); return a replay
+    that gives its (reused) output tensor.
 
     One eager call on a side stream first, so lazy set-up (library handles, workspaces) happens
     outside the capture; it computes exactly what the replay then computes again (the cache
     writes are the same values at the same places). The output is overwritten by the next replay
     of any graph in the pool: the caller reads it before stepping again.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    side = api.Stream()
+    side.wait_stream(api.current_stream())
+    with api.stream(side):
         run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    api.current_stream().wait_stream(side)
+    graph = api.CUDAGraph() if api is torch.cuda else api.NPUGraph()
+    with api.graph(graph, pool=pool):
         out = run()
 
     def replay() -> torch.Tensor:
