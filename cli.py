@@ -126,6 +126,13 @@ def run(
             "npu, GPU for cuda, CPU for cpu)."
         ),
     ] = None,
+    ray_loading: Annotated[
+        str,
+        typer.Option(
+            help="Where a Ray run loads pages: head (this machine's --loaders) or nodes (Ray "
+            "tasks on every node's CPUs; the inputs must be at the same path on every node)."
+        ),
+    ] = "head",
     include: Annotated[
         list[str] | None,
         typer.Option(
@@ -193,6 +200,7 @@ def run(
         recover_store=recover_store,
         ray=ray,
         ray_resource=ray_resource,
+        ray_loading=ray_loading,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         prune=prune,

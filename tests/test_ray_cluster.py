@@ -286,3 +286,65 @@ def test_a_node_that_cannot_load_the_model_is_left_out_and_the_others_finish(
     assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
     log = (out / "run.log").read_text()
     assert re.search(r"could not load the model: .*; the run goes on with the other actors", log)
+
+
+LOADED_PER_NODE = re.compile(r"pages loaded per node \(head = the driver's own loaders\): (.*)")
+
+
+def loaded_per_node(out: Path) -> dict[str, int]:
+    found = LOADED_PER_NODE.search((out / "run.log").read_text())
+    assert found, "no per-node loading line in run.log"
+    return {node: int(n) for node, n in (part.split(": ") for part in found.group(1).split(", "))}
+
+
+def test_pages_loaded_on_the_nodes_give_the_outputs_of_a_local_run(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """`--ray-loading nodes`: Ray tasks on the nodes' CPUs read and detect every page, the
+    pixels go from there to the actors; the driver holds sizes only. Same outputs."""
+    out = tmp_path / "out"
+    result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "NPU", "--ray-loading", "nodes"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    counts = loaded_per_node(out)
+    assert "head" not in counts  # every node sees the inputs: the driver loaded nothing
+    assert sum(counts.values()) == sum(GOOD_PAGES.values())
+    assert len(counts) == 2  # spread over the head's node and the other one
+
+
+def test_a_node_that_does_not_see_the_inputs_hands_its_pages_to_the_head(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """FAULT INJECTION (node:blind in one node's environment): that node's load tasks find no
+    input file, as on a server without the share; the head loads those pages and the outputs
+    are those of a local run."""
+    os.environ["ANANDASKY_TEST_FAULT"] = "node:blind"
+    try:
+        blind = cluster.add_node(**cluster.common_args)  # CPUs only: load tasks, no actor
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+    out = tmp_path / "out"
+    try:
+        args = ray_args(pages, out, tiny_model_dir, cluster, "NPU", "--ray-loading", "nodes")
+        result = cli(*args)
+    finally:
+        cluster.remove_node(blind)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    counts = loaded_per_node(out)
+    assert counts.get("head", 0) >= 1  # the blind node's pages, loaded by the driver
+    assert sum(counts.values()) == sum(GOOD_PAGES.values())
+    assert re.search(
+        r"node \S+ does not see the file .*; the head loads the pages",
+        (out / "run.log").read_text(),
+    )
+
+
+def test_node_loading_is_refused_with_cpu_actors(tmp_path, pages, tiny_model_dir, cluster):
+    args = ray_args(
+        pages, tmp_path / "out", tiny_model_dir, cluster, "CPU", "--ray-loading", "nodes"
+    )
+    result = cli(*args)
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert "--ray-loading nodes needs the model actors on accelerators" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ import io
 import itertools
 import os
 import queue
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,6 +47,11 @@ def pack(item):
 
 
 def unpack(item):
+    """`pack`'s inverse; a Ray object (a page loaded on a node, `node_loading`) is fetched from
+    wherever it is, then unpacked."""
+    ray = sys.modules.get("ray")  # always there inside an actor; never imported for this
+    if ray is not None and isinstance(item, ray.ObjectRef):
+        return unpack(ray.get(item))
     if isinstance(item, PngImage):
         image = Image.open(io.BytesIO(item.data))
         image.load()

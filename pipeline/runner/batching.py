@@ -24,6 +24,9 @@ class ReadyPage:
     crops: tuple[Image.Image, ...] | None = None  # `--layout lines`: what the model reads
     detect_s: float = 0.0
     layout_error: str | None = None
+    # `--ray-loading nodes`: the Ray object of what the model reads, on the node that loaded it
+    # (`image` and `crops` are then stubs with their sizes only; pipeline.cluster.node_loading).
+    on_node: Any = None
 
     @classmethod
     def of(cls, task: Any, loaded: Any) -> ReadyPage:
@@ -36,11 +39,15 @@ class ReadyPage:
             crops=loaded.crops,
             detect_s=loaded.detect_s,
             layout_error=loaded.layout_error,
+            on_node=getattr(loaded, "on_node", None),
         )
 
     @property
     def model_input(self) -> Image.Image | list[Image.Image]:
-        """A batch item for ModelSession.recognize_batch: the page, or its lines' crops."""
+        """A batch item for ModelSession.recognize_batch: the page, or its lines' crops (or,
+        loaded on a node, the Ray object holding them)."""
+        if self.on_node is not None:
+            return self.on_node
         return self.image if self.crops is None else list(self.crops)
 
     @property

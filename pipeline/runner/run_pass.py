@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.errors import ExitCode
+from pipeline.errors import BadArguments, ExitCode
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.backend import JobBackend
 from pipeline.jobs.connect import output_access_error
@@ -45,6 +45,7 @@ def run_pass(
         on_done=workers.wake,
         layout=settings.layout_request,
     )
+    page_loaders = _page_loaders(settings, workers, loaders)
     progress: RunProgress | None = None
     stop = StopControl()
     scheduler = None
@@ -67,7 +68,7 @@ def run_pass(
             progress = RunProgress(
                 total=pending.remaining,
                 quiet=settings.quiet,
-                loaders=loaders.processes,
+                loaders=page_loaders.processes,
             )
             if pending and not stop.stopping:
                 announce(
@@ -81,7 +82,7 @@ def run_pass(
                 scheduler = Scheduler(
                     backend,
                     workers,
-                    loaders,
+                    page_loaders,
                     writer,
                     changes,
                     stop,
@@ -92,7 +93,7 @@ def run_pass(
                 scheduler.run(pending)
         finally:
             fatal = scheduler.fatal if scheduler is not None else None
-            _shut_down(backend, workers, loaders, kill=stop.aborting or fatal is not None)
+            _shut_down(backend, workers, page_loaders, kill=stop.aborting or fatal is not None)
             if progress is not None:
                 progress.close()
     if fatal is not None:
@@ -109,6 +110,21 @@ def _worker_pool(settings: RunSettings, slots: list[WorkerSlot], options) -> Wor
 
     target = connect(settings.ray, settings.device, settings.ray_resource)  # joined already
     return RayWorkerPool(target, options, settings.batch_timeout_s)
+
+
+def _page_loaders(settings: RunSettings, workers: WorkerPool, head: LoaderPool):
+    """The head's loader processes, or (`--ray-loading nodes`) Ray tasks on the cluster's
+    nodes that hand back to them the pages a node cannot see."""
+    if settings.ray_loading != "nodes":
+        return head
+    from pipeline.cluster.node_loading import NodeLoaders
+
+    if workers.target.resource == "CPU":
+        raise BadArguments(
+            "--ray-loading nodes needs the model actors on accelerators: with CPU actors every "
+            "core is an actor's and no page could load; drop --ray-loading nodes"
+        )
+    return NodeLoaders(head, settings.ingest, head.max_pixels, head.layout, on_done=workers.wake)
 
 
 def _labels(slots: list[WorkerSlot]) -> str:

@@ -25,6 +25,9 @@ from pipeline.runner.device_plan import WorkerSlot
 
 OUTPUT_FORMATS = ("alto", "txt")
 LAYOUTS = ("page", "lines")  # recognise whole pages, or each detected line's crop
+# `--ray-loading`: the driver's own loaders read every page, or Ray tasks on the nodes do
+# (pipeline.cluster.node_loading; needs the inputs at the same path on every node).
+RAY_LOADING = ("head", "nodes")
 DETECTORS = ("rapidocr", "none")  # none: no line detection (page mode only; no coordinates)
 # Not stored: a password has no business on disk, and `resume` asks for it again.
 # `--prune` acts once: a resumed run must not delete outputs the user did not ask it to.
@@ -67,6 +70,7 @@ class RunSettings:
     # resource each model actor requests (None: NPU, GPU or CPU after the device).
     ray: str | None = None
     ray_resource: str | None = None
+    ray_loading: str = "head"  # where pages are loaded on a Ray run: RAY_LOADING
     quiet: bool = False
     new_config: bool = False
     recover_store: bool = False  # move a damaged job store aside and rebuild it
@@ -95,6 +99,12 @@ class RunSettings:
             raise BadArguments("--batch-timeout must be 0 (automatic) or more seconds")
         if self.rasterizer not in ("pdfium", "poppler"):
             raise BadArguments(f"--rasterizer {self.rasterizer}: use pdfium or poppler")
+        if self.ray_loading not in RAY_LOADING:
+            raise BadArguments(f"--ray-loading {self.ray_loading}: use head or nodes")
+        if self.ray_loading == "nodes" and not self.ray:
+            raise BadArguments(
+                "--ray-loading nodes loads pages on a Ray cluster's nodes: add --ray"
+            )
         self._check_layout()
 
     def _check_layout(self) -> None:
