@@ -28,6 +28,7 @@ import benchlib
 
 NAME = "ray_scaling"
 _READY = re.compile(r"^(\S+ \S+) INFO worker (\S+) ready on ")
+_PER_NODE = re.compile(r"pages loaded per node \(head = the driver's own loaders\): (.*)")
 _DRIVER = re.compile(r"driver: ([\d.]+) CPU s for (\d+) page\(s\) sent \(([\d.]+) ms/page; "
                      r"packing as PNG ([\d.]+) ms/page\)")  # fmt: skip
 
@@ -39,6 +40,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--dpi", type=int, default=150)
+    p.add_argument(
+        "--node-loading",
+        action="store_true",
+        help="also, on the 2 nodes with line detection on: pages loaded by the head's one "
+        "loader vs by Ray tasks on the nodes (--ray-loading nodes)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.pages, args.max_new_tokens = "tiny", 4, 4
@@ -69,6 +76,7 @@ def analyse(label: str, out: Path, run: benchlib.Measured) -> dict[str, Any]:
         db.close()
     window = last - min(ready) if ready and last else None
     driver = _DRIVER.search(log)
+    per_node = _PER_NODE.search(log)
     return {
         "setup": label,
         "exit_code": run.exit_code,
@@ -80,6 +88,7 @@ def analyse(label: str, out: Path, run: benchlib.Measured) -> dict[str, Any]:
         "model_s_sum": infer_s,
         "driver_cpu_ms_per_page": float(driver.group(3)) if driver else None,
         "driver_pack_ms_per_page": float(driver.group(4)) if driver else None,
+        "loaded_per_node": per_node.group(1) if per_node else "head (all)",
     }
 
 
@@ -123,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.add_node(**node)
             cluster.wait_for_nodes()
             results.append(run_once("ray, 2 nodes", tmp, [*common, *ray_args]))
+            if args.node_loading:  # line detection on: loading is the heavy part
+                detecting = [*common[:-2], *ray_args, "--loaders", "1"]
+                results.append(run_once("2 nodes, detect, head loads", tmp, detecting))
+                nodes = [*detecting, "--ray-loading", "nodes"]
+                results.append(run_once("2 nodes, detect, nodes load", tmp, nodes))
         finally:
             cluster.shutdown()
     one, two = results[1]["pages_per_s"], results[2]["pages_per_s"]
@@ -130,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         [r["setup"], r["pages_done"], r["workers_that_did_pages"], r["wall_s"],
          r["processing_window_s"], r["pages_per_s"], r["driver_cpu_ms_per_page"],
-         r["driver_pack_ms_per_page"]]
+         r["driver_pack_ms_per_page"], r["loaded_per_node"]]
         for r in results
     ]  # fmt: skip
     benchlib.print_table(
         ["setup", "pages", "workers used", "wall s", "window s", "pages/s", "driver CPU ms/page",
-         "PNG pack ms/page"],
+         "PNG pack ms/page", "pages loaded per node"],
         rows,
         title=f"{args.pages} pages, {args.size} model, {args.max_new_tokens} new tokens; "
         f"2 nodes / 1 node = {ratio:.2f}x" if ratio else "",
