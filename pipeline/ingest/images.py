@@ -13,6 +13,7 @@ only: an animation's frames are states of one picture, not pages of a document.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 import warnings
@@ -25,6 +26,10 @@ from PIL import Image
 from pipeline.errors import DocumentError, InputError, PageError
 from pipeline.faults import injected_fault
 from pipeline.layout.geometry import PAGE_SIZE_KEY
+
+# Pillow logs a few header rejections at ERROR; with no handler on its logger Python prints them
+# bare on the terminal, beside the one-line reason we report for the same file.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 WHITE = (255, 255, 255)
 _TIFF_NEW_SUBFILE_TYPE = 254

@@ -1,0 +1,60 @@
+"""Odd inputs through the real `run` command, as an archive's user meets them.
+
+Each test runs the CLI in a real process (real loaders, real workers with the tiny checkpoint,
+real SQLite) and checks what the user sees: one line per bad file on stderr, the documented exit
+code, and the rest of the collection done.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_valid_alto
+
+from pipeline.errors import ExitCode
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_OPTIONS = ["--device", "cpu", "--workers", "1", "--max-new-tokens", "8", "--dpi", "72"]
+
+
+def run(inputs: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["run", str(inputs), "--out", str(out), "--model", str(model), *RUN_OPTIONS, *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_a_tiff_header_pillow_rejects_prints_only_our_one_line_reason(
+    tmp_path, testdata, tiny_model_dir
+):
+    """Pillow logs "More samples per pixel than can be decoded" at ERROR on such a header; with
+    no handler of ours on its logger, Python printed it bare on the terminal."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(testdata / "malformed" / "oom_header.tif", inputs / "bad.tif")
+    shutil.copy(testdata / "malformed" / "palette_trns.png", inputs / "good.png")
+    out = tmp_path / "out"
+    result = run(inputs, out, tiny_model_dir, "--detector", "none")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    lines = stderr_lines(result)
+    bad = [line for line in lines if "bad.tif" in line]
+    assert bad == [
+        "bad.tif: corrupt image: its TIFF header cannot be parsed; export or scan it again"
+    ]
+    assert not any("samples per pixel" in line for line in lines), lines
+    assert_valid_alto(out / "pages" / "good.png" / "0001.alto.xml")
