@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -123,8 +124,10 @@ class NodeLoaders:
         max_pixels: int | None,
         layout: LayoutRequest | None,
         on_done=lambda: None,
+        actors: Callable[[], int] = lambda: 0,
     ) -> None:
         self.ray = import_ray()
+        self.actors = actors  # model actors up now: a core each is left for their host work
         self.head = head
         self.ingest, self.max_pixels, self.layout = ingest, max_pixels, layout
         self.on_done = on_done
@@ -138,12 +141,14 @@ class NodeLoaders:
 
     @property
     def processes(self) -> int:
-        """Pages the cluster can load at once: its CPUs (read again every few seconds)."""
+        """Pages the cluster loads at once: its CPUs (read again every few seconds) less one
+        per model actor, whose own host work (decoding PNGs, tokens, results) needs a core;
+        Ray spreads the tasks, so the cores left free are spread too."""
         now = time.monotonic()
         if now - self._cpus_read >= CPU_REFRESH_S:
             self._cpus = int(self.ray.cluster_resources().get("CPU", 0))
             self._cpus_read = now
-        return max(self._cpus, self.head.processes)
+        return max(self._cpus - self.actors(), self.head.processes, 1)
 
     def __len__(self) -> int:
         return len(self._loading) + len(self.head)
