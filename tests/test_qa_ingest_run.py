@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_valid_alto
+from PIL import Image
 
 from pipeline.errors import ExitCode
 
@@ -58,3 +59,16 @@ def test_a_tiff_header_pillow_rejects_prints_only_our_one_line_reason(
     ]
     assert not any("samples per pixel" in line for line in lines), lines
     assert_valid_alto(out / "pages" / "good.png" / "0001.alto.xml")
+
+
+def test_the_input_folder_given_as_out_is_a_usage_error_naming_both(tmp_path, tiny_model_dir):
+    """OUT is never read as input, so a run whose OUT is its input folder found "no files" and
+    exited 6 (nothing to do) although the folder holds scans; it is a usage error instead."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    Image.new("RGB", (60, 40), "white").save(inputs / "a.png")
+    result = run(inputs, inputs, tiny_model_dir, "--detector", "none")
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    (line,) = stderr_lines(result)
+    assert "--out" in line and str(inputs) in line and "input folder" in line, line
+    assert not (inputs / "pages").exists()

@@ -9,6 +9,7 @@ settings against what OUT already holds), then hands one pass over the work to
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
@@ -31,6 +32,7 @@ def run_collection(settings: RunSettings) -> ExitCode:
     if missing:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
+    _refuse_out_as_input(inputs, out_dir)
     ensure_writable_folder(out_dir)
     if settings.ray:
         from pipeline.cluster.connect import cluster_slots
@@ -63,6 +65,16 @@ def run_collection(settings: RunSettings) -> ExitCode:
             raise
         finally:
             close_run_log()
+
+
+def _refuse_out_as_input(inputs: list[Path], out_dir: Path) -> None:
+    """OUT is never read as input, so an input folder that is OUT itself would look empty."""
+    for given in inputs:
+        if given.is_dir() and out_dir.is_dir() and os.path.samefile(given, out_dir):
+            raise BadArguments(
+                f"--out {out_dir} is the input folder itself; choose another output folder "
+                f"(one inside it, such as {given / 'ocr'}, is fine)"
+            )
 
 
 def _run_with_store(settings: RunSettings, store: JobBackend, inputs, slots) -> ExitCode:
