@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pikepdf
 import pytest
 from conftest import assert_valid_alto
+from lxml import etree
 from PIL import Image
 
 from pipeline.errors import ExitCode
@@ -72,3 +74,24 @@ def test_the_input_folder_given_as_out_is_a_usage_error_naming_both(tmp_path, ti
     (line,) = stderr_lines(result)
     assert "--out" in line and str(inputs) in line and "input folder" in line, line
     assert not (inputs / "pages").exists()
+
+
+def test_a_pdf_page_smaller_than_a_pixel_gets_a_one_pixel_page_and_its_lines_detected(
+    tmp_path, tiny_model_dir
+):
+    """A 0.1 x 0.1 pt MediaBox rounded to a 0 x 0 page: ALTO declared WIDTH="0" HEIGHT="0" and
+    line detection divided by zero mapping lines into that page."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    pdf.pages[0].MediaBox = pikepdf.Array([0, 0, 0.1, 0.1])
+    pdf.save(inputs / "speck.pdf")
+    out = tmp_path / "out"
+    result = run(inputs, out, tiny_model_dir, "--detector", "rapidocr", "--layout", "lines")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert not any("line detection failed" in line for line in stderr_lines(result))
+    alto = out / "pages" / "speck.pdf" / "0001.alto.xml"
+    assert_valid_alto(alto)
+    page = etree.parse(str(alto)).find(".//{*}Page")
+    assert float(page.get("WIDTH")) >= 1 and float(page.get("HEIGHT")) >= 1

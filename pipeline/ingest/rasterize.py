@@ -186,7 +186,11 @@ def render_pdf_page(
         image = image.convert("RGB")
     # The engines round page edges differently; a pixel row or column too many is shaved here.
     page = shrink_to(image, pixel_limit)
-    page.info[PAGE_SIZE_KEY] = (round(width_pt * dpi / 72), round(height_pt * dpi / 72))
+    # A page under a pixel at `dpi` still renders as one; a 0 x 0 page has no space for its lines.
+    page.info[PAGE_SIZE_KEY] = (
+        max(1, round(width_pt * dpi / 72)),
+        max(1, round(height_pt * dpi / 72)),
+    )
     return page
 
 
