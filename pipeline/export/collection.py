@@ -15,7 +15,7 @@ from pipeline.outputs.page_files import PAGES_DIR
 
 from . import alto_pages, hocr, mets, page_xml, txt
 from .archive import archive_path, write_archive
-from .delivery import Delivery, locked, sha256
+from .delivery import Delivery, delivery_access_error, locked, sha256, written_by_export
 from .options import DEFAULT_FORMATS, DEFAULT_SEPARATOR, ExportOptions
 from .pages import DONE, ExportDocument, escaped_relpath, load_document, plan_document
 from .report import REPORT_NAME, ExportReport, document_entry, not_started_entry
@@ -126,6 +126,19 @@ def export_collection(
     out_dir, to = Path(os.path.abspath(out_dir)), Path(os.path.abspath(to))
     _check_destination(out_dir, to)
     report = ExportReport(out_dir, to, options)
+    try:
+        _deliver(out_dir, to, options, report, zip_archive)
+    except OSError as err:
+        if not written_by_export(to, err):
+            raise
+        raise delivery_access_error(to, err) from None
+    return report
+
+
+def _deliver(
+    out_dir: Path, to: Path, options: ExportOptions, report: ExportReport, zip_archive: bool
+) -> None:
+    """Bring `to` up to date and fill in `report`; an OSError here may be DIR's (see caller)."""
     with (
         reported_store_errors(out_dir),
         open_catalogue(out_dir) as store,
@@ -154,4 +167,3 @@ def export_collection(
         delivery.unchanged,
         delivery.removed,
     )
-    return report

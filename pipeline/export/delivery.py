@@ -11,6 +11,7 @@ DIR that the export did not write are never touched. One export at a time holds 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,7 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import OutputInUse
+from pipeline.errors import OutputAccessError, OutputInUse
 from pipeline.outputs.page_files import TEMP_PREFIX, write_atomic
 
 MANIFEST_NAME = ".anandasky-export.json"
@@ -28,6 +29,30 @@ MANIFEST_VERSION = 1
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def written_by_export(to: Path, err: OSError) -> bool:
+    """Whether `err` is about DIR or the DIR.zip beside it (the export's writes), or names no
+    file (a full disk fails a write or fsync without one); reading OUT fails elsewhere."""
+    if not err.filename:
+        return True
+    path = Path(os.path.abspath(os.fsdecode(err.filename)))
+    return path.is_relative_to(to) or (
+        path.parent == to.parent and path.name.endswith(f"{to.name}.zip")
+    )
+
+
+def delivery_access_error(to: Path, err: OSError) -> OutputAccessError:
+    """One line for a delivery folder that cannot be written: where, why, what to do (exit 5)."""
+    cause = err.strerror or str(err)
+    where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free space there and export again: files already delivered are kept"
+    else:
+        advice = "choose a writable --to, or fix its permissions or mount, and export again"
+    return OutputAccessError(
+        f"the delivery folder {to} cannot be written: {cause}{where}; {advice}"
+    )
 
 
 @contextlib.contextmanager
