@@ -59,15 +59,20 @@ def mixed(recognizer):
     """Pages, budgets and a stop id under which the pages, each decoded alone, stop for every
     reason there is: their stop id, their token budget, the repetition guard."""
     images = pages(len(BUDGETS), seed=11)
+    # A token the page with budget 50 writes a few steps in, that most other pages never write.
+    return images, rare_token(recognizer, images, BUDGETS, GUARD, page=7, after=3)
+
+
+def rare_token(recognizer, images, budgets, guard, *, page: int, after: int) -> int:
+    """A token `page` writes (decoded alone) past its first `after` tokens that the fewest
+    pages write at all: as a stop id it ends that page early and leaves most others alone."""
     free = [
-        recognizer.recognize([im], max_new_tokens=[n], repetition_guard=GUARD, schedule="static")[0]
-        for im, n in zip(images, BUDGETS, strict=True)
+        recognizer.recognize([im], max_new_tokens=[n], repetition_guard=guard, schedule="static")[0]
+        for im, n in zip(images, budgets, strict=True)
     ]
     ids = [recognizer.tokenizer.encode(r.text) for r in free]
-    # A token the page with budget 50 writes a few steps in, that most other pages never write.
     counts = Counter(t for row in ids for t in set(row))
-    stop = min(ids[7][3:], key=lambda t: counts[t])
-    return images, stop
+    return min(ids[page][after:], key=lambda t: counts[t])
 
 
 def alone(recognizer, images, stop_ids, **kwargs):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_model_continuous import pages
+from test_model_continuous import pages, rare_token
 
 from pipeline.model import runner as runner_module
 from pipeline.model.fixed_shapes import KEY_BUCKET, graph_api, key_bucket, row_bucket
@@ -41,15 +41,7 @@ def recognizer(tiny_model_dir: Path):
 def mixed(recognizer):
     """Pages and a stop id under which pages decoded alone stop for every reason there is."""
     images = pages(len(BUDGETS), seed=23)
-    free = [
-        recognizer.recognize([im], max_new_tokens=[n], repetition_guard=GUARD, schedule="static")[0]
-        for im, n in zip(images, BUDGETS, strict=True)
-    ]
-    ids = [recognizer.tokenizer.encode(r.text) for r in free]
-    counts = Counter(t for row in ids for t in set(row))
-    long_page = max(range(len(ids)), key=lambda i: len(ids[i]))
-    stop = min(ids[long_page][40:], key=lambda t: counts[t])
-    return images, stop
+    return images, rare_token(recognizer, images, BUDGETS, GUARD, page=1, after=40)
 
 
 def with_engine(recognizer, images, stop: int, fixed_shapes: bool, **kwargs):

@@ -29,7 +29,7 @@ from pipeline.cluster.connect import import_ray
 from pipeline.faults import injected_fault
 from pipeline.ingest.documents import IngestSettings
 from pipeline.ingest.page_loading import LayoutRequest, LoadedImage, LoadFailure, load_page_image
-from pipeline.ingest.source_changes import Registered, SourceChanged, registered_of
+from pipeline.ingest.source_changes import Registered, SourceChanged
 from pipeline.jobs.records import PageTask
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 from pipeline.runner.loader_pool import LoaderPool, LoadResult
@@ -118,18 +118,11 @@ class NodeLoaders:
     """`LoaderPool`'s interface over Ray tasks; pages a node hands back go to the head's pool."""
 
     def __init__(
-        self,
-        head: LoaderPool,
-        ingest: IngestSettings,
-        max_pixels: int | None,
-        layout: LayoutRequest | None,
-        on_done=lambda: None,
-        actors: Callable[[], int] = lambda: 0,
+        self, head: LoaderPool, on_done=lambda: None, actors: Callable[[], int] = lambda: 0
     ) -> None:
         self.ray = import_ray()
         self.actors = actors  # model actors up now: a core each is left for their host work
-        self.head = head
-        self.ingest, self.max_pixels, self.layout = ingest, max_pixels, layout
+        self.head = head  # its settings are the tasks' too (`load_arguments`)
         self.on_done = on_done
         self.task = self.ray.remote(load_on_node).options(
             num_cpus=1, num_returns=2, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD"
@@ -154,14 +147,7 @@ class NodeLoaders:
         return len(self._loading) + len(self.head)
 
     def submit(self, task: PageTask) -> None:
-        summary, pixels = self.task.remote(
-            task.path,
-            task.page_index,
-            self.ingest,
-            self.max_pixels,
-            registered_of(task),
-            self.layout,
-        )
+        summary, pixels = self.task.remote(*self.head.load_arguments(task))
         summary.future().add_done_callback(lambda _future: self.on_done())
         self._loading[summary] = (task, pixels)
 

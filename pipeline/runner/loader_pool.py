@@ -57,9 +57,9 @@ class LoaderPool:
     def __len__(self) -> int:
         return len(self._loading)
 
-    def submit(self, task: PageTask) -> None:
-        future = self.executor.submit(
-            load_page_image,
+    def load_arguments(self, task: PageTask) -> tuple:
+        """What `load_page_image` is called with for `task`, here or in a Ray task on a node."""
+        return (
             task.path,
             task.page_index,
             self.ingest,
@@ -67,6 +67,9 @@ class LoaderPool:
             registered_of(task),
             self.layout,
         )
+
+    def submit(self, task: PageTask) -> None:
+        future = self.executor.submit(load_page_image, *self.load_arguments(task))
         future.add_done_callback(lambda _future: self.on_done())
         self._loading[future] = task
 

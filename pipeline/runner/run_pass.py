@@ -124,14 +124,7 @@ def _page_loaders(settings: RunSettings, workers: WorkerPool, head: LoaderPool):
             "--ray-loading nodes needs the model actors on accelerators: with CPU actors every "
             "core is an actor's and no page could load; drop --ray-loading nodes"
         )
-    return NodeLoaders(
-        head,
-        settings.ingest,
-        head.max_pixels,
-        head.layout,
-        on_done=workers.wake,
-        actors=workers.live_count,
-    )
+    return NodeLoaders(head, on_done=workers.wake, actors=workers.live_count)
 
 
 def _labels(slots: list[WorkerSlot]) -> str:
