@@ -7,6 +7,7 @@ code, and the rest of the collection done.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,30 @@ def test_a_pdf_page_smaller_than_a_pixel_gets_a_one_pixel_page_and_its_lines_det
     assert_valid_alto(alto)
     page = etree.parse(str(alto)).find(".//{*}Page")
     assert float(page.get("WIDTH")) >= 1 and float(page.get("HEIGHT")) >= 1
+
+
+def test_broken_and_looping_links_each_fail_with_a_line_saying_what_to_fix(
+    tmp_path, tiny_model_dir
+):
+    """They failed as "unreadable file: No such file or directory" / "Too many levels of
+    symbolic links", with nothing on what to do; the rest of the folder is done."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    Image.new("RGB", (60, 40), "white").save(inputs / "a.png")
+    os.symlink("moved_away.png", inputs / "dangling.png")
+    os.symlink("loop_b", inputs / "loop_a")
+    os.symlink("loop_a", inputs / "loop_b")
+    out = tmp_path / "out"
+    result = run(inputs, out, tiny_model_dir, "--detector", "none")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    lines = stderr_lines(result)
+    assert (
+        "dangling.png: broken link: it points to moved_away.png, which does not exist; "
+        "fix the link or remove it"
+    ) in lines, lines
+    for name, target in (("loop_a", "loop_b"), ("loop_b", "loop_a")):
+        assert (
+            f"{name}: link loop: it points to {target}, which leads back to itself; "
+            "point it at a file or remove it"
+        ) in lines, lines
+    assert_valid_alto(out / "pages" / "a.png" / "0001.alto.xml")

@@ -10,6 +10,8 @@ recorded as skipped; documents whose file is gone as "source removed" (outputs k
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import NothingToDo
 from pipeline.ingest.documents import DocumentInfo, IngestSettings, SourceFile, discover
+from pipeline.ingest.images import open_error
 from pipeline.ingest.page_loading import LoadFailure, probe
 from pipeline.ingest.selection import InputFilter
 from pipeline.jobs.backend import JobBackend
@@ -25,6 +28,24 @@ from pipeline.outputs.page_files import remove_document_outputs
 from pipeline.runner.progress import log
 
 CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
+
+
+def _stat_failure(path: Path, exc: OSError) -> str:
+    """Why a listed file cannot even be stat'ed: mostly a symlink, broken or in a loop."""
+    try:
+        target = printable(os.readlink(path))
+    except OSError:
+        return str(open_error(exc))
+    if exc.errno == errno.ELOOP:
+        return (
+            f"link loop: it points to {target}, which leads back to itself; "
+            "point it at a file or remove it"
+        )
+    if isinstance(exc, FileNotFoundError):
+        return (
+            f"broken link: it points to {target}, which does not exist; fix the link or remove it"
+        )
+    return str(open_error(exc))
 
 
 class DocumentRegistrar:
@@ -61,7 +82,7 @@ class DocumentRegistrar:
             try:
                 stat = source.path.stat()
             except OSError as exc:
-                self._fail(source, f"unreadable file: {exc.strerror}", None)
+                self._fail(source, _stat_failure(source.path, exc), None)
                 continue
             known = self.store.known_document(source.relpath)
             if (
@@ -115,7 +136,7 @@ class DocumentRegistrar:
         try:
             stat = source.path.stat()
         except OSError as exc:
-            self._fail(source, f"unreadable file: {exc.strerror}", None)
+            self._fail(source, _stat_failure(source.path, exc), None)
             return
         self._register_one_by_one([(source, stat)]).shutdown(wait=False, cancel_futures=True)
 
