@@ -80,3 +80,62 @@ def test_export_onto_a_full_disk_exits_5_and_finishes_once_there_is_space(out, s
     for mets in to.rglob("mets.xml"):
         assert_valid_xml(mets, "mets.xsd")
     assert list(to.rglob("alto/*.xml"))
+
+
+# ---- verify: arguments checked before the two model loads --------------------------------------
+
+
+def test_verify_refuses_a_folder_as_image_before_loading_any_model(tiny_model_dir, tmp_path):
+    result = cli(
+        "verify",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--images",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "r.json"),
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert f"--images {tmp_path} is a folder" in one_error_line(result)
+    assert "loading" not in result.stderr  # said at once, not after minutes of loading
+
+
+def test_verify_refuses_a_missing_image_before_loading_any_model(tiny_model_dir, tmp_path):
+    missing = tmp_path / "nope.jpg"
+    result = cli(
+        "verify",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--images",
+        str(missing),
+        "--out",
+        str(tmp_path / "r.json"),
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert f"image not found: {missing}" in one_error_line(result)
+    assert "loading" not in result.stderr
+
+
+def test_verify_report_that_cannot_be_written_is_refused_before_the_check(
+    tiny_model_dir, tmp_path, testdata
+):
+    (tmp_path / "file").write_text("x")
+    report = tmp_path / "file" / "r.json"
+    result = cli(
+        "verify",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--images",
+        str(testdata / "pages/handwriting/btv1b84473026_f10.jpg"),
+        "--out",
+        str(report),
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    assert f"--out {report}" in one_error_line(result)
+    assert "loading" not in result.stderr

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -193,13 +194,26 @@ def default_images() -> list[Path]:
     return sorted(p for p in SAMPLES.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def _check_paths(paths: list[Path], out_path: Path | None) -> None:
+    """Before the minutes two model loads take: every page a file, the report writable."""
+    for path in paths:
+        if path.is_dir():
+            raise BadArguments(f"--images {path} is a folder; give image or PDF files")
+        if not path.is_file():
+            raise BadArguments(f"image not found: {path}")
+    if out_path is None:
+        return
+    folder = out_path.parent
+    if out_path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        why = "it is a folder" if out_path.is_dir() else f"{folder} is not a writable folder"
+        raise BadArguments(f"--out {out_path}: the report cannot be written there ({why})")
+
+
 def _load_pages(paths: list[Path], max_pixels: int) -> list[Any]:
     from pipeline.ingest.documents import IngestSettings, load_page
 
     pages = []
     for path in paths:
-        if not path.is_file():
-            raise BadArguments(f"image not found: {path}")
         try:
             pages.append(load_page(path, 0, IngestSettings(), max_pixels=max_pixels))
         except AnandaSkyError as exc:
@@ -283,12 +297,13 @@ def verify(
         raise BadArguments(f"--max-new-tokens {max_new_tokens}: use at least 1")
     model_dir = Path(model_dir)
     ref_dir = Path(reference_dir) if reference_dir is not None else model_dir
+    paths = [Path(p) for p in images] if images else default_images()
+    _check_paths(paths, None if out_path is None else Path(out_path))
     progress(f"loading {model_dir} on {device} ({dtype or 'default dtype'}) ...")
     target = probe_for(load_recognizer(model_dir, device, dtype, impl))
     ref_impl = reference_impl or target.impl
     progress(f"loading the reference {ref_dir} on cpu (float32) ...")
     reference = probe_for(load_recognizer(ref_dir, "cpu", "float32", ref_impl))
-    paths = [Path(p) for p in images] if images else default_images()
     max_pixels = min(target.recognizer.max_image_pixels, reference.recognizer.max_image_pixels)
     pages = _load_pages(paths, max_pixels)
 
@@ -378,7 +393,10 @@ def write_report(report: VerifyReport, path: Path) -> None:
 
     data = _json_safe(report.to_dict())
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_atomic(path, text.encode("utf-8"))
+    try:
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as exc:  # checked before the run; a disk can still fill up meanwhile
+        raise BadArguments(f"--out {path}: cannot be written ({exc.strerror or exc})") from None
 
 
 def _fmt(value: float) -> str:
