@@ -123,3 +123,22 @@ def test_broken_and_looping_links_each_fail_with_a_line_saying_what_to_fix(
             "point it at a file or remove it"
         ) in lines, lines
     assert_valid_alto(out / "pages" / "a.png" / "0001.alto.xml")
+
+
+def test_an_input_whose_output_path_is_too_long_fails_alone(tmp_path, tiny_model_dir):
+    """The input's own path fits the system's limit but OUT/pages/<its path> does not: the run
+    stopped with an internal error (exit 15, File name too long) and did no page at all."""
+    inputs = tmp_path / "in"
+    folder = inputs
+    while len(os.fsencode(folder)) < 4060 - 210:
+        folder = folder / ("d" * 200)
+    folder = folder / ("d" * (4060 - len(os.fsencode(folder)) - 1))
+    folder.mkdir(parents=True)
+    Image.new("RGB", (60, 40), "white").save(folder / "deep.png")
+    Image.new("RGB", (60, 40), "white").save(inputs / "a.png")
+    out = tmp_path / "out-with-a-longer-name"
+    result = run(inputs, out, tiny_model_dir, "--detector", "none")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    (line,) = [line for line in stderr_lines(result) if "deep.png" in line]
+    assert ": output path too long: " in line and "--out" in line, line
+    assert_valid_alto(out / "pages" / "a.png" / "0001.alto.xml")

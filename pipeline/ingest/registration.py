@@ -24,7 +24,7 @@ from pipeline.ingest.page_loading import LoadFailure, probe
 from pipeline.ingest.selection import InputFilter
 from pipeline.jobs.backend import JobBackend
 from pipeline.jobs.records import printable
-from pipeline.outputs.page_files import remove_document_outputs
+from pipeline.outputs.page_files import output_path_too_long, remove_document_outputs
 from pipeline.runner.progress import log
 
 CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
@@ -83,6 +83,9 @@ class DocumentRegistrar:
                 stat = source.path.stat()
             except OSError as exc:
                 self._fail(source, _stat_failure(source.path, exc), None)
+                continue
+            if too_long := output_path_too_long(self.out_dir, source.relpath):
+                self._fail(source, too_long, stat)
                 continue
             known = self.store.known_document(source.relpath)
             if (

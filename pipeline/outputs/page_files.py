@@ -44,6 +44,28 @@ def output_folder(out_dir: Path, relpath: str) -> Path:
     return Path(out_dir, PAGES_DIR, *(escape_component(p) for p in parts))
 
 
+# The longest name a page folder holds: the temp file of a page numbered past 9999.
+_LONGEST_NAME = len(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{10**6:04d}{SUFFIXES['alto']}")
+
+
+def output_path_too_long(out_dir: Path, relpath: str) -> str | None:
+    """Why the page files of input `relpath` cannot be written, when their paths would pass the
+    system's limit (a deep input tree under a deeper OUT); None when they fit. Checked when the
+    input is registered, so that input fails alone instead of the write stopping the run."""
+    folder = output_folder(out_dir, relpath)
+    try:
+        limit = os.pathconf(out_dir, "PC_PATH_MAX")  # bytes, its terminating NUL included
+    except (OSError, ValueError):
+        limit = 4096
+    needed = len(os.fsencode(folder)) + 1 + _LONGEST_NAME
+    if needed < limit:
+        return None
+    return (
+        f"output path too long: its page files need paths of {needed} bytes, over the system's "
+        f"limit of {limit - 1}; move it to a shallower folder or choose a shorter --out"
+    )
+
+
 def page_output_paths(
     out_dir: Path, relpath: str, page_number: int, formats: Iterable[str] = DEFAULT_FORMATS
 ) -> dict[str, Path]:
