@@ -21,7 +21,7 @@ from cli_options import (
     TestSize,
     split_list,
 )
-from pipeline.errors import AnandaSkyError, ExitCode
+from pipeline.errors import AnandaSkyError, BadArguments, ExitCode, InputError
 
 app = typer.Typer(
     help="Batch text recognition of archive collections with the AnandaSky model: "
@@ -368,15 +368,24 @@ def infer(
     """Transcribe a single image and print the text."""
     from pipeline.runner.single_image import transcribe_file
 
-    text = transcribe_file(
-        model,
-        image,
-        prompt=prompt,
-        device=device,
-        dtype=dtype,
-        impl=impl.value,
-        max_new_tokens=max_new_tokens,
-    )
+    if max_new_tokens < 1:  # 0 would print an empty "transcription" and exit 0
+        raise BadArguments(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if image.is_dir():
+        raise BadArguments(
+            f"--image {image} is a folder; give one image or PDF (`run` reads folders)"
+        )
+    try:
+        text = transcribe_file(
+            model,
+            image,
+            prompt=prompt,
+            device=device,
+            dtype=dtype,
+            impl=impl.value,
+            max_new_tokens=max_new_tokens,
+        )
+    except InputError as exc:  # its message says what is wrong, not with which file
+        raise BadArguments(f"cannot read {image}: {exc}") from None
     print(text)
     return ExitCode.OK
 

@@ -139,3 +139,42 @@ def test_verify_report_that_cannot_be_written_is_refused_before_the_check(
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
     assert f"--out {report}" in one_error_line(result)
     assert "loading" not in result.stderr
+
+
+# ---- infer ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", ["0", "-3"])
+def test_infer_refuses_max_new_tokens_below_one(tiny_model_dir, testdata, tokens):
+    image = testdata / "pages/handwriting/btv1b84473026_f10.jpg"
+    result = cli(
+        "infer",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--image",
+        str(image),
+        "--max-new-tokens",
+        tokens,
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stdout
+    assert "--max-new-tokens must be at least 1" in one_error_line(result)
+
+
+def test_infer_on_a_folder_says_it_is_a_folder(tiny_model_dir, testdata):
+    folder = testdata / "pages/handwriting"
+    result = cli("infer", "--model", str(tiny_model_dir), "--device", "cpu", "--image", str(folder))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert f"--image {folder} is a folder" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("truncated_jpeg.jpg", "truncated image"), ("zero_bytes.jpg", "empty")]
+)
+def test_infer_on_a_broken_image_names_the_file(tiny_model_dir, testdata, name, reason):
+    image = testdata / "malformed" / name
+    result = cli("infer", "--model", str(tiny_model_dir), "--device", "cpu", "--image", str(image))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    line = one_error_line(result)
+    assert str(image) in line and reason in line
