@@ -109,7 +109,8 @@ def test_text_pages_split_at_form_feeds(tmp_path):
     ("data", "reason"),
     [
         (b"<alto><Layout><Page>", "not well-formed XML"),
-        (b"\xff\xfe\x00garbage", "not UTF-8"),
+        (b"caf\xe9 au lait\n", "not UTF-8 text .*; save it as UTF-8"),  # Latin-1
+        (b"\xff\xfe" + "\ud800".encode("utf-16-le", "surrogatepass"), "not UTF-16 text"),
         (b"<annotation/>", "neither ALTO, PAGE nor hOCR"),
     ],
 )

@@ -7,8 +7,11 @@ needs root (CI runs as root; elsewhere those tests skip and say why).
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import export_fixture
 import pytest
@@ -16,6 +19,7 @@ from conftest import assert_valid_xml
 from test_run_end_to_end import cli
 
 from pipeline.errors import ExitCode
+from pipeline.evaluate.readers import read_pages
 
 # The OUT folder's fixtures (export_fixture.py): a real job store and real page outputs.
 run, out = export_fixture.run, export_fixture.out
@@ -178,3 +182,47 @@ def test_infer_on_a_broken_image_names_the_file(tiny_model_dir, testdata, name, 
     assert result.returncode == ExitCode.BAD_ARGUMENTS
     line = one_error_line(result)
     assert str(image) in line and reason in line
+
+
+# ---- evaluate: ground truth as Windows tools save it -------------------------------------------
+
+REAL_ALTO = "gt/btv1b84473026_f10.alto.xml"  # real ALTO v4 ground truth, UTF-8 without a mark
+
+
+def _cer(gt: Path, pred: Path) -> float | None:
+    result = cli("evaluate", "--pred", str(pred), "--gt", str(gt), "--json")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)["cer"]
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: codecs.BOM_UTF8 + text.encode("utf-8"),  # Notepad's "UTF-8 with BOM"
+        lambda text: text.encode("utf-16"),  # Notepad's "Unicode": UTF-16LE with a mark
+        lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+    ],
+    ids=["utf8-bom", "utf16le-bom", "utf16be-bom"],
+)
+def test_evaluate_reads_gt_saved_with_a_byte_order_mark(tmp_path, testdata, encode):
+    alto = (testdata / REAL_ALTO).read_text("utf-8")
+    pred = tmp_path / "page.pred.alto.xml"
+    pred.write_text(alto, "utf-8")
+    gt_alto = tmp_path / "page.alto.xml"
+    gt_alto.write_bytes(encode(alto))  # the XML declaration says UTF-8: lxml trusts the mark
+    assert _cer(gt_alto, pred) == 0.0  # before: the markup itself was read as the GT's text
+    lines = "\n".join(line.text for _, page in read_pages(pred) for line in page.lines)
+    gt_text = tmp_path / "page.gt.txt"
+    gt_text.write_bytes(encode(lines + "\n"))
+    assert _cer(gt_text, pred) == 0.0
+
+
+def test_evaluate_says_how_to_convert_latin1_gt(tmp_path, testdata):
+    pred = tmp_path / "page.pred.txt"
+    pred.write_text("Grüße aus Köln\n", "utf-8")
+    gt = tmp_path / "page.gt.txt"
+    gt.write_bytes("Grüße aus Köln\n".encode("latin-1"))
+    result = cli("evaluate", "--pred", str(pred), "--gt", str(gt))
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "not UTF-8 text" in result.stdout and "save it as UTF-8" in result.stdout

@@ -2,12 +2,14 @@
 
 The format is recognised from the content, not the name: an XML root `alto` is ALTO, `PcGts`
 is PAGE, an HTML document with `ocr_page` elements is hOCR, anything else must be UTF-8 text
-(a form feed separates pages, as `export` writes a document's text). A file that cannot be
-read raises `UnreadableFile`, which the evaluation lists against the file.
+(a form feed separates pages, as `export` writes a document's text). A byte-order mark is
+honoured in both: Windows tools save UTF-8 with one, or UTF-16 ("Unicode"). A file that cannot
+be read raises `UnreadableFile`, which the evaluation lists against the file.
 """
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 from lxml import etree, html
@@ -31,11 +33,28 @@ def _xml_root(data: bytes):
     return etree.fromstring(data, parser)
 
 
-def _text_pages(data: bytes) -> list[PageText]:
+# UTF-32 first: its little-endian mark begins with UTF-16's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+)
+
+
+def _bom_encoding(data: bytes) -> str | None:
+    return next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+
+
+def _text_pages(data: bytes, encoding: str | None) -> list[PageText]:
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode(encoding or "utf-8")
     except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise UnreadableFile(
+            f"not {'UTF-8' if encoding is None else encoding.upper()} text ({exc.reason} at byte "
+            f"{exc.start}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8` for Latin-1)"
+        ) from None
     pages = text.removesuffix("\n").split("\f") if text.strip() else [""]
     return [
         PageText(tuple(TextLine(s.strip()) for s in page.split("\n") if s.strip()), "text")
@@ -49,10 +68,12 @@ def read_pages(path: Path) -> list[tuple[int | None, PageText]]:
         data = path.read_bytes()
     except OSError as exc:
         raise UnreadableFile(f"cannot be read ({exc.strerror or exc})") from None
-    head = data.lstrip()[:512].lower()
-    if head.startswith(b"<"):
+    encoding = _bom_encoding(data)
+    start = data[:2048].decode(encoding, "ignore").encode() if encoding else data[:2048]
+    head = start.lstrip()[:512].lower()
+    if head.startswith(b"<"):  # lxml reads the mark (and an encoding declaration) itself
         return _markup_pages(data, head)
-    return [(None, p) for p in _text_pages(data)]
+    return [(None, p) for p in _text_pages(data, encoding)]
 
 
 def _markup_pages(data: bytes, head: bytes) -> list[tuple[int | None, PageText]]:
