@@ -226,3 +226,10 @@ def test_evaluate_says_how_to_convert_latin1_gt(tmp_path, testdata):
     result = cli("evaluate", "--pred", str(pred), "--gt", str(gt))
     assert "Traceback" not in result.stderr + result.stdout
     assert "not UTF-8 text" in result.stdout and "save it as UTF-8" in result.stdout
+
+
+def test_evaluate_without_out_or_pred_says_what_is_missing(testdata):
+    result = cli("evaluate", "--gt", str(testdata / REAL_ALTO))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    line = one_error_line(result)
+    assert "give a run's output folder OUT, or --pred PRED" in line and "not both" not in line

@@ -136,7 +136,9 @@ def evaluate(
 
 
 def _check_arguments(gt: Path, run: Path | None, pred: Path | None, iou: float) -> None:
-    if (run is None) == (pred is None):
+    if run is None and pred is None:
+        raise BadArguments("nothing to evaluate: give a run's output folder OUT, or --pred PRED")
+    if run is not None and pred is not None:
         raise BadArguments("give either a run's output folder OUT or --pred PRED, not both")
     if not gt.exists():
         raise BadArguments(f"--gt {gt} does not exist; give the folder of ground-truth files")
