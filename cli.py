@@ -19,9 +19,12 @@ from cli_options import (
     ModelOption,
     Rasterizer,
     TestSize,
+    checked_image,
+    checked_model_folder,
+    show_version,
     split_list,
 )
-from pipeline.errors import AnandaSkyError, BadArguments, ExitCode, InputError
+from pipeline.errors import AnandaSkyError, ExitCode
 
 app = typer.Typer(
     help="Batch text recognition of archive collections with the AnandaSky model: "
@@ -368,13 +371,7 @@ def infer(
     """Transcribe a single image and print the text."""
     from pipeline.runner.single_image import transcribe_file
 
-    if max_new_tokens < 1:  # 0 would print an empty "transcription" and exit 0
-        raise BadArguments(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if image.is_dir():
-        raise BadArguments(
-            f"--image {image} is a folder; give one image or PDF (`run` reads folders)"
-        )
-    try:
+    with checked_image(image, max_new_tokens):
         text = transcribe_file(
             model,
             image,
@@ -384,8 +381,6 @@ def infer(
             impl=impl.value,
             max_new_tokens=max_new_tokens,
         )
-    except InputError as exc:  # its message says what is wrong, not with which file
-        raise BadArguments(f"cannot read {image}: {exc}") from None
     print(text)
     return ExitCode.OK
 
@@ -441,17 +436,10 @@ def make_test_model(
     """Write a deterministic random-weight checkpoint for tests and trials (not a real model)."""
     from pipeline.model import make_test_model as make
 
-    path = make(directory, size=size.value)
+    with checked_model_folder(directory):
+        path = make(directory, size=size.value)
     print(path)
     return ExitCode.OK
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        from pipeline import __version__
-
-        print(f"anandasky-batch {__version__}")
-        raise typer.Exit(int(ExitCode.OK))
 
 
 @app.callback()
@@ -459,7 +447,7 @@ def _options(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+            "--version", callback=show_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
 ) -> None:

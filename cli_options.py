@@ -1,13 +1,18 @@
-"""The command line's option types and the options several commands share (typer only;
-`cli.py` holds the commands)."""
+"""The command line's option types, the options several commands share, and the checks of
+option values that no stage below makes (`cli.py` holds the commands)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from pipeline.errors import BadArguments, ExitCode, InputError, OutputAccessError
 
 REMOTE_CODE_WARNING = (
     "--impl remote (and auto, for a checkpoint that is not in the native layout) executes the "
@@ -56,3 +61,55 @@ ImplOption = Annotated[Impl, typer.Option(help="Model implementation. " + REMOTE
 def split_list(values: str) -> tuple[str, ...]:
     """A comma-separated option value as a tuple, blanks dropped."""
     return tuple(part.strip() for part in values.split(",") if part.strip())
+
+
+@contextlib.contextmanager
+def checked_image(image: Path, max_new_tokens: int) -> Iterator[None]:
+    """`infer`'s arguments, and its image named in a read error (which says only what is wrong)."""
+    if max_new_tokens < 1:  # 0 would print an empty "transcription" and exit 0
+        raise BadArguments(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if image.is_dir():
+        raise BadArguments(
+            f"--image {image} is a folder; give one image or PDF (`run` reads folders)"
+        )
+    try:
+        yield
+    except InputError as exc:
+        raise BadArguments(f"cannot read {image}: {exc}") from None
+
+
+@contextlib.contextmanager
+def checked_model_folder(directory: Path) -> Iterator[None]:
+    """`make-test-model` never writes its random weights over another model's (or among other
+    files), and a folder it cannot write is one line (exit 5), not a traceback."""
+    if directory.exists() and not directory.is_dir():
+        raise OutputAccessError(f"{directory} is a file; give a folder (it is created if missing)")
+    if directory.is_dir() and any(directory.iterdir()) and not _holds_test_model(directory):
+        raise BadArguments(
+            f"{directory} is not empty and holds no test checkpoint: its config.json, "
+            "tokenizer.json and model.safetensors would be replaced; give a new or empty folder"
+        )
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OutputAccessError(
+            f"{directory} cannot be written: {exc.strerror or exc}{where}; give a writable folder"
+        ) from None
+
+
+def _holds_test_model(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text("utf-8"))
+        return str(config.get("name", "")).startswith("anandasky-test-")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def show_version(value: bool) -> None:
+    """`--version`: print it and stop before any command runs."""
+    if value:
+        from pipeline import __version__
+
+        print(f"anandasky-batch {__version__}")
+        raise typer.Exit(int(ExitCode.OK))

@@ -233,3 +233,42 @@ def test_evaluate_without_out_or_pred_says_what_is_missing(testdata):
     assert result.returncode == ExitCode.BAD_ARGUMENTS
     line = one_error_line(result)
     assert "give a run's output folder OUT, or --pred PRED" in line and "not both" not in line
+
+
+# ---- make-test-model -------------------------------------------------------------------------
+
+
+def test_make_test_model_never_writes_over_another_folders_files(tmp_path):
+    weights = tmp_path / "real-weights"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"the real weights")
+    result = cli("make-test-model", str(weights))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert f"{weights} is not empty and holds no test checkpoint" in one_error_line(result)
+    assert (weights / "model.safetensors").read_bytes() == b"the real weights"
+    assert sorted(p.name for p in weights.iterdir()) == ["model.safetensors"]
+
+
+def test_make_test_model_rewrites_its_own_checkpoint(tmp_path):
+    folder = tmp_path / "tiny"
+    assert cli("make-test-model", str(folder)).returncode == ExitCode.OK
+    again = cli("make-test-model", str(folder))
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert again.stdout.strip() == str(folder)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_make_test_model_into_a_file_exits_5_naming_it(tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" if where == "file" else tmp_path / "file" / "tiny"
+    result = cli("make-test-model", str(target))
+    assert result.returncode == ExitCode.OUTPUT_ACCESS
+    assert str(target) in one_error_line(result)
+
+
+@needs_root
+def test_make_test_model_on_read_only_media_exits_5(small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = cli("make-test-model", str(small_disk / "tiny"))
+    assert result.returncode == ExitCode.OUTPUT_ACCESS
+    assert "Read-only file system" in one_error_line(result)
