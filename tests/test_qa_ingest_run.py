@@ -142,3 +142,22 @@ def test_an_input_whose_output_path_is_too_long_fails_alone(tmp_path, tiny_model
     (line,) = [line for line in stderr_lines(result) if "deep.png" in line]
     assert ": output path too long: " in line and "--out" in line, line
     assert_valid_alto(out / "pages" / "a.png" / "0001.alto.xml")
+
+
+def test_a_failed_file_whose_name_holds_a_newline_is_reported_on_one_line(tmp_path, tiny_model_dir):
+    """Its name was printed raw, so the reason on stderr, in run.log and in `status` started on
+    a line of its own that named no file."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    (inputs / "two\nlines.jpg").write_bytes(b"")
+    Image.new("RGB", (60, 40), "white").save(inputs / "ok.png")
+    out = tmp_path / "out"
+    result = run(inputs, out, tiny_model_dir, "--detector", "none")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    expected = "two\\nlines.jpg: empty file: it has 0 bytes; copy it again from the source"
+    assert expected in stderr_lines(result)
+    assert f"WARNING {expected}\n" in (out / "run.log").read_text()
+    status = subprocess.run(
+        [sys.executable, "-m", "cli", "status", str(out)], capture_output=True, text=True, cwd=REPO
+    )
+    assert f"  {expected}\n" in status.stdout

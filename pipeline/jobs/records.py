@@ -3,6 +3,7 @@ processes and, on a cluster, to other nodes), with no SQLite or torch inside."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -173,6 +174,13 @@ class StoreSummary:
         }
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: in a log
+# line or `status` they would start a new line that names no file.
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def printable(name: str) -> str:
-    """A file name fit for logs and JSON: bytes that were not UTF-8 become `\\xNN`."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A file name fit for logs and JSON, on one line: bytes that were not UTF-8 become `\\xNN`,
+    control characters their Python escape (`\\n`, `\\x85`, `\\u2028`)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _LINE_BREAKERS.sub(lambda m: ascii(m.group())[1:-1], text)
