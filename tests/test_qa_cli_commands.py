@@ -272,3 +272,45 @@ def test_make_test_model_on_read_only_media_exits_5(small_disk):
     result = cli("make-test-model", str(small_disk / "tiny"))
     assert result.returncode == ExitCode.OUTPUT_ACCESS
     assert "Read-only file system" in one_error_line(result)
+
+
+# ---- a done page whose files were deleted after the run ----------------------------------------
+
+
+def test_export_and_evaluate_give_advice_that_works_for_a_done_page_whose_files_are_gone(
+    tmp_path, tiny_model_dir, testdata
+):
+    scans = tmp_path / "in"
+    scans.mkdir()
+    page = "170025120000003,0074.jpg"
+    os.symlink(testdata / "pages/handwriting" / page, scans / page)
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(scans),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--detector",
+        "none",
+        "--max-new-tokens",
+        "8",
+        "--quiet",
+    ]
+    assert cli(*args).returncode == ExitCode.OK
+    files = sorted((out / "pages" / page).iterdir())
+    for path in files:
+        path.unlink()  # deleted by hand after the run
+    assert cli(*args).returncode == ExitCode.OK
+    assert not any(path.exists() for path in files)  # what the advice must account for
+
+    export = cli("export", str(out), "--to", str(tmp_path / "delivery"))
+    assert export.returncode == ExitCode.SOME_PAGES_FAILED
+    assert "a rerun does not redo a page the store records as done" in export.stdout
+    assert "run `resume` to redo it" not in export.stdout
+    evaluation = cli("evaluate", str(out), "--gt", str(testdata / "gt"))
+    assert "Traceback" not in evaluation.stderr
+    assert "a rerun does not redo a page the store records as done" in evaluation.stdout

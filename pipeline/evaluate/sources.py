@@ -92,7 +92,11 @@ def _run_page(out: Path, relpath: str, number: int, state) -> PredPage:
     for fmt in ("alto", "txt"):
         if paths[fmt].is_file():
             return PredPage(number, DONE, file=paths[fmt])
-    reason = f"done in the store but {paths['txt']} is gone; run `resume` to redo it"
+    reason = (
+        f"done in the store but {paths['txt']} is gone; a rerun does not redo a page the store "
+        "records as done: restore the files from a backup, or redo every page with `run ... "
+        "--new-config`"
+    )
     return PredPage(number, MISSING, reason)
 
 

@@ -161,6 +161,13 @@ def plan_document(out_dir: Path, doc: DocumentPages) -> DocumentSource:
     )
 
 
+# What a user can do about a done page whose files are gone: a rerun trusts the store.
+NOT_REDONE = (
+    "a rerun does not redo a page the store records as done: restore the files from a backup, "
+    "or redo every page with `run ... --new-config`"
+)
+
+
 def load_document(source: DocumentSource) -> ExportDocument:
     """Parse the done pages' files; a page whose files are gone or unreadable is `missing`."""
     pages = []
@@ -170,7 +177,7 @@ def load_document(source: DocumentSource) -> ExportDocument:
             try:
                 content = load_page(p)
             except (OSError, ValueError, etree.XMLSyntaxError) as exc:
-                error = f"its output files in OUT cannot be read ({exc}); run `resume` to redo it"
+                error = f"its output files in OUT cannot be read ({exc}); {NOT_REDONE}"
         state = p.state if p.state != DONE or content is not None else MISSING
         pages.append(ExportPage(p.number, state, error, content))
     return ExportDocument(
