@@ -279,7 +279,7 @@ def test_pages_whose_outputs_are_gone_or_txt_only_are_reported(out, tmp_path):
     assert not (to / scroll["folder"] / "page").exists()
     odd = docs["box2/odd%name\u00e9.png"]
     assert [p["state"] for p in odd["not_exported"]] == ["missing"]
-    assert "resume" in odd["not_exported"][0]["error"]
+    assert "restore the files" in odd["not_exported"][0]["error"]
     assert not (to / odd["folder"]).exists()  # nothing to deliver: no empty text file either
     assert report.totals()["pages_without_alto"] == 1
     assert report.totals()["pages_missing_output"] == 1
