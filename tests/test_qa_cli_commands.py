@@ -314,3 +314,17 @@ def test_export_and_evaluate_give_advice_that_works_for_a_done_page_whose_files_
     evaluation = cli("evaluate", str(out), "--gt", str(testdata / "gt"))
     assert "Traceback" not in evaluation.stderr
     assert "a rerun does not redo a page the store records as done" in evaluation.stdout
+
+
+def test_export_documents_glob_matching_nothing_is_refused_and_keeps_the_delivery(out, tmp_path):
+    to = tmp_path / "delivery"
+    first = cli("export", str(out), "--to", str(to))
+    assert first.returncode == ExitCode.SOME_PAGES_FAILED, first.stderr  # the fixture has some
+    delivered = sorted(p for p in to.rglob("*") if p.is_file())
+    typo = cli("export", str(out), "--to", str(to), "--documents", "bxo1/*")
+    assert typo.returncode == ExitCode.BAD_ARGUMENTS
+    assert "--documents bxo1/*: no document of" in one_error_line(typo)
+    assert sorted(p for p in to.rglob("*") if p.is_file()) == delivered  # before: all deleted
+    narrowed = cli("export", str(out), "--to", str(to), "--documents", "box1/*")
+    assert narrowed.returncode == ExitCode.SOME_PAGES_FAILED, narrowed.stderr
+    assert (to / "documents/box1").is_dir() and not (to / "documents/box2").exists()

@@ -149,6 +149,12 @@ def _deliver(
         report.documents, report.not_exported_documents = _export_documents(
             store, out_dir, options, delivery
         )
+        if options.documents and not (report.documents or report.not_exported_documents):
+            raise BadArguments(  # before finish(), which would delete the earlier delivery
+                f"--documents {' '.join(options.documents)}: no document of {out_dir} matches "
+                "(a glob matches the input path below the input folder, e.g. 'box1/*.pdf'; "
+                f"`*` crosses folders); nothing in {to} was changed"
+            )
         report_bytes = report.to_json()
         delivery.write(REPORT_NAME, report_bytes)
         archive_key, target = None, archive_path(to)
