@@ -162,7 +162,7 @@ def test_cli_exit_codes_and_json_on_stdout(folders, tmp_path):
     for args, message in [
         (["--pred", str(pred), "--gt", str(tmp_path / "missing")], "does not exist"),
         (["--pred", str(pred)], "Missing option '--gt'"),
-        (["--gt", str(gt)], "either a run's output folder"),
+        (["--gt", str(gt)], "give a run's output folder OUT, or --pred PRED"),
         ([str(tmp_path), "--gt", str(gt)], "not the output folder of a run"),
         (["--pred", str(TESTDATA / "alto"), "--gt", str(gt)], "matches a document"),
         (["--pred", str(pred), "--gt", str(gt), "--iou", "1.5"], "--iou"),
