@@ -328,3 +328,26 @@ def test_export_documents_glob_matching_nothing_is_refused_and_keeps_the_deliver
     narrowed = cli("export", str(out), "--to", str(to), "--documents", "box1/*")
     assert narrowed.returncode == ExitCode.SOME_PAGES_FAILED, narrowed.stderr
     assert (to / "documents/box1").is_dir() and not (to / "documents/box2").exists()
+
+
+def test_evaluate_reports_non_utf8_file_names_printably(tmp_path):
+    """Archives hold Latin-1 names; a name must never crash a report, whatever the locale."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    name = os.fsdecode(b"caf\xe9.txt")  # not valid UTF-8
+    (pred / name).write_text("Grüße aus Köln\n", "utf-8")
+    (gt / name).write_text("Grüße aus Koln\n", "utf-8")
+    (gt / os.fsdecode(b"th\xe9.txt")).write_text("matches nothing\n", "utf-8")
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # a desktop's UTF-8 terminal
+    report = tmp_path / "report.json"
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--json-file", str(report)]
+    result = cli(*args, "--html", str(tmp_path / "report.html"), env=strict)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "GT not used: th\\xe9.txt" in result.stdout
+    saved = json.loads(report.read_text("utf-8"))
+    assert [d["document"] for d in saved["documents"]] == ["caf\\xe9"]
+    assert saved["collection"]["character_edits"]["substitutions"] == 1  # ö -> o
+    printed = cli(*args[:5], "--json", env=strict)
+    assert json.loads(printed.stdout)["unmatched_ground_truth"][0]["file"] == "th\\xe9.txt"

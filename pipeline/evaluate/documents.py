@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.jobs.records import printable
+
 from .metrics import EVALUATED, PageCounts, Totals, count_page
 from .normalize import Normalization
 from .readers import UnreadableFile, read_pages
@@ -54,8 +56,8 @@ class PredReader:
 
     def rel(self, path: Path) -> str:
         if self.root is not None and path.is_relative_to(self.root):
-            return path.relative_to(self.root).as_posix()
-        return str(path)
+            return printable(path.relative_to(self.root).as_posix())
+        return printable(str(path))
 
     def whole(self, doc: PredDocument) -> list[PageText] | str:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import BadArguments
+from pipeline.jobs.records import printable
 
 from .documents import CountSettings, DocumentResult, GtPage, PageResult
 from .matching import Match, Matcher, could_match, read_mapping
@@ -44,7 +45,7 @@ class Evaluation:
 
 def _gt_files(gt: Path) -> list[tuple[str, Path]]:
     if gt.is_file():
-        return [(gt.name, gt)]
+        return [(printable(gt.name), gt)]
     files = list(transcription_files(gt))
     if not files:
         raise BadArguments(

@@ -9,6 +9,7 @@ import math
 from datetime import datetime, timezone
 
 from pipeline import __version__
+from pipeline.jobs.records import printable
 
 from .align import Edits
 from .evaluation import DocumentResult, Evaluation, PageResult
@@ -110,9 +111,9 @@ def to_dict(ev: Evaluation) -> dict:
         "wer": _rate(ev.totals.wer),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "software": f"anandasky-batch {__version__}",
-        "ground_truth": str(ev.gt),
-        "run": None if ev.run is None else str(ev.run),
-        "predictions": None if ev.pred is None else str(ev.pred),
+        "ground_truth": printable(str(ev.gt)),
+        "run": None if ev.run is None else printable(str(ev.run)),
+        "predictions": None if ev.pred is None else printable(str(ev.pred)),
         "settings": {
             "normalization": ev.normalization.names,
             "iou_threshold": ev.iou_threshold,

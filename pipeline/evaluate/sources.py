@@ -107,7 +107,7 @@ def transcription_files(root: Path) -> Iterator[tuple[str, Path]]:
         for name in sorted(files):
             if name.lower().endswith(SUFFIXES) and not name.startswith("."):
                 path = Path(folder, name)
-                yield path.relative_to(root).as_posix(), path
+                yield printable(path.relative_to(root).as_posix()), path
 
 
 def strip_suffixes(name: str) -> str:
@@ -134,7 +134,7 @@ def folder_documents(pred: Path) -> list[PredDocument]:
     """Documents of a prediction file or folder (see the module docstring for the layout).
 
     A document given as one whole file gets its pages when the evaluation reads that file."""
-    files = [(pred.name, pred)] if pred.is_file() else list(transcription_files(pred))
+    files = [(printable(pred.name), pred)] if pred.is_file() else list(transcription_files(pred))
     documents: dict[str, PredDocument] = {}
     for rel, path in files:
         name = strip_suffixes(rel)
