@@ -351,3 +351,12 @@ def test_evaluate_reports_non_utf8_file_names_printably(tmp_path):
     assert saved["collection"]["character_edits"]["substitutions"] == 1  # ö -> o
     printed = cli(*args[:5], "--json", env=strict)
     assert json.loads(printed.stdout)["unmatched_ground_truth"][0]["file"] == "th\\xe9.txt"
+
+
+def test_export_zip_whose_archive_name_is_a_folder_names_that_folder(out, tmp_path):
+    to = tmp_path / "delivery"
+    (tmp_path / "delivery.zip").mkdir()
+    result = cli("export", str(out), "--to", str(to), "--zip")
+    assert result.returncode == ExitCode.OUTPUT_ACCESS
+    line = one_error_line(result)
+    assert f"({tmp_path / 'delivery.zip'})" in line and ".tmp-" not in line

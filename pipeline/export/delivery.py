@@ -45,7 +45,8 @@ def written_by_export(to: Path, err: OSError) -> bool:
 def delivery_access_error(to: Path, err: OSError) -> OutputAccessError:
     """One line for a delivery folder that cannot be written: where, why, what to do (exit 5)."""
     cause = err.strerror or str(err)
-    where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
+    name = err.filename2 or err.filename  # a rename's target says more than its temp file
+    where = f" ({os.fsdecode(name)})" if name else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "free space there and export again: files already delivered are kept"
     else:
