@@ -11,6 +11,7 @@ import codecs
 import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import export_fixture
@@ -360,3 +361,18 @@ def test_export_zip_whose_archive_name_is_a_folder_names_that_folder(out, tmp_pa
     assert result.returncode == ExitCode.OUTPUT_ACCESS
     line = one_error_line(result)
     assert f"({tmp_path / 'delivery.zip'})" in line and ".tmp-" not in line
+
+
+def test_export_to_a_folder_named_in_latin1_with_zip(out, tmp_path):
+    to = tmp_path / os.fsdecode(b"livraison-\xe9t\xe9")  # not valid UTF-8
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # a desktop's UTF-8 terminal
+    result = cli("export", str(out), "--to", str(to), "--zip", env=strict)
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr  # the fixture has some
+    assert "Traceback" not in result.stderr
+    assert "livraison-\\xe9t\\xe9 [txt,alto,mets]" in result.stdout
+    with zipfile.ZipFile(to.with_name(to.name + ".zip")) as archive:
+        names = archive.namelist()
+        assert "livraison-%E9t%E9/export-report.json" in names
+        for name in names:
+            if name.endswith("mets.xml"):
+                assert_valid_xml(archive.read(name), "mets.xsd")

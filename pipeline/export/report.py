@@ -138,7 +138,7 @@ class ExportReport:
         t = self.totals()
         lines = [
             f"exported {_n(t['documents'], 'document')} ({_n(t['pages_exported'], 'page')}) "
-            f"to {self.to} [{','.join(self.options.formats)}]: {_n(self.written, 'file')} "
+            f"to {printable(str(self.to))} [{','.join(self.options.formats)}]: {_n(self.written, 'file')} "
             f"written, {self.unchanged} unchanged, {self.removed} removed"
         ]
         if not self.complete:
@@ -176,9 +176,9 @@ class ExportReport:
                     f"  {_n(self.pending_in_unstarted_documents, 'page')} of documents with no "
                     "page done yet (`anandasky-batch status OUT` shows progress)"
                 )
-        lines.append(f"report: {self.to / REPORT_NAME}")
+        lines.append(f"report: {printable(str(self.to / REPORT_NAME))}")
         if self.archive is not None:
-            lines.append(f"archive: {self.archive}")
+            lines.append(f"archive: {printable(str(self.archive))}")
         return "\n".join(lines)
 
 
