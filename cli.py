@@ -462,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     its code; anything unforeseen is an internal error (exit 15) whose traceback goes to the run
     log (or a file in the temp folder), never to the terminal.
     """
+    if getattr(sys.stdout, "errors", None) == "strict":  # a name that is not UTF-8 prints
+        sys.stdout.reconfigure(errors="backslashreplace")  # escaped, never crashes a command
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="anandasky-batch", standalone_mode=False)

@@ -376,3 +376,13 @@ def test_export_to_a_folder_named_in_latin1_with_zip(out, tmp_path):
         for name in names:
             if name.endswith("mets.xml"):
                 assert_valid_xml(archive.read(name), "mets.xsd")
+
+
+def test_a_name_that_is_not_utf8_never_crashes_the_output_on_a_utf8_terminal(tmp_path):
+    folder = tmp_path / os.fsdecode(b"mod\xe8le")  # made, then printed by make-test-model
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    result = cli("make-test-model", str(folder), env=strict)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert result.stdout.strip() == f"{tmp_path}/mod\\udce8le"
+    assert (folder / "model.safetensors").is_file()
