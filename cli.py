@@ -176,9 +176,9 @@ def run(
     from pipeline.runner.settings import RunSettings
 
     settings = RunSettings(
-        inputs=tuple(str(p) for p in inputs),
-        out_dir=str(out),
-        model_dir=str(model),
+        inputs=tuple(str(p.absolute()) for p in inputs),  # stored for `resume`, which may
+        out_dir=str(out.absolute()),  # run from another folder
+        model_dir=str(model.absolute()),
         device=device,
         devices=devices,
         workers=workers,

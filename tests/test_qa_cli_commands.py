@@ -11,6 +11,7 @@ import codecs
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -386,3 +387,48 @@ def test_a_name_that_is_not_utf8_never_crashes_the_output_on_a_utf8_terminal(tmp
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert result.stdout.strip() == f"{tmp_path}/mod\\udce8le"
     assert (folder / "model.safetensors").is_file()
+
+
+# ---- resume --------------------------------------------------------------------------------------
+
+
+def test_resume_from_another_folder_finds_the_inputs_and_model_given_relative(
+    tmp_path, tiny_model_dir, testdata
+):
+    work = tmp_path / "work"
+    (work / "scans").mkdir(parents=True)
+    os.symlink(testdata / "pages/handwriting/btv1b84473026_f10.jpg", work / "scans/a.jpg")
+    os.symlink(tiny_model_dir, work / "model")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def here(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    first = here(
+        work,
+        "run",
+        "scans",
+        "--out",
+        "out",
+        "--model",
+        "model",
+        "--device",
+        "cpu",
+        "--detector",
+        "none",
+        "--max-new-tokens",
+        "8",
+        "--quiet",
+    )
+    assert first.returncode == ExitCode.OK, first.stderr
+    again = here(tmp_path, "resume", str(work / "out"), "--quiet")
+    assert again.returncode == ExitCode.OK, again.stderr  # before: "input not found: scans"
+    assert not (tmp_path / "out").exists()  # nothing made beside the folder resume ran in
+    assert (work / "out/pages/a.jpg/0001.alto.xml").is_file()
