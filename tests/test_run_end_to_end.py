@@ -397,3 +397,21 @@ def test_a_token_budget_no_page_fits_stops_the_run_with_exit_2_and_pages_pending
     assert "--token-budget 5 cannot hold one page" in result.stderr
     with JobStore.open(out, exclusive=False) as store:
         assert store.summary().pages["pending"] == 1
+
+
+def test_resume_of_a_moved_output_folder_writes_into_it_not_where_it_came_from(
+    tmp_path, good_input, tiny_model_dir
+):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    args = run_args(good_input, first, tiny_model_dir, "--quiet", "--formats", "txt")
+    process = start_cli(*args)
+    wait_for_done(first, process, 2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    first.rename(moved)  # the unfinished run's folder, moved elsewhere
+    result = cli("resume", str(moved), "--quiet")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert not first.exists()  # nothing written back where the folder came from
+    files = set(output_files(moved))
+    assert files == {name for name in expected_outputs(GOOD_PAGES) if name.endswith(".txt")}

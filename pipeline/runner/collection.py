@@ -121,5 +121,9 @@ def resume_collection(out_dir: Path, *, quiet: bool = False, **overrides) -> Exi
         raise BadArguments(
             f"{out_dir} has no stored settings: start it again with `anandasky-batch run`"
         )
-    settings = RunSettings.from_stored(stored, quiet=quiet, **overrides)
+    # OUT is the folder given, wherever the first run wrote it: a copied or moved output folder
+    # is resumed in place, never in the folder it came from.
+    settings = RunSettings.from_stored(
+        stored, quiet=quiet, out_dir=str(out_dir.resolve()), **overrides
+    )
     return run_collection(settings)
