@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -77,6 +78,7 @@ def analyse(label: str, out: Path, run: benchlib.Measured) -> dict[str, Any]:
     window = last - min(ready) if ready and last else None
     driver = _DRIVER.search(log)
     per_node = _PER_NODE.search(log)
+    stages = json.loads((out / "run-summary.json").read_text())["this_run"]["stages"]
     return {
         "setup": label,
         "exit_code": run.exit_code,
@@ -89,6 +91,8 @@ def analyse(label: str, out: Path, run: benchlib.Measured) -> dict[str, Any]:
         "driver_cpu_ms_per_page": float(driver.group(3)) if driver else None,
         "driver_pack_ms_per_page": float(driver.group(4)) if driver else None,
         "loaded_per_node": per_node.group(1) if per_node else "head (all)",
+        # Loading and line detection, per page, wherever they ran (a loader's own clock).
+        "load_detect_ms_per_page": 1000 * (stages["load_s"] + stages["detect_s"]) / max(done, 1),
     }
 
 
@@ -144,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         [r["setup"], r["pages_done"], r["workers_that_did_pages"], r["wall_s"],
          r["processing_window_s"], r["pages_per_s"], r["driver_cpu_ms_per_page"],
-         r["driver_pack_ms_per_page"], r["loaded_per_node"]]
+         r["driver_pack_ms_per_page"], r["load_detect_ms_per_page"], r["loaded_per_node"]]
         for r in results
     ]  # fmt: skip
     benchlib.print_table(
         ["setup", "pages", "workers used", "wall s", "window s", "pages/s", "driver CPU ms/page",
-         "PNG pack ms/page", "pages loaded per node"],
+         "PNG pack ms/page", "load+detect ms/page", "pages loaded per node"],
         rows,
         title=f"{args.pages} pages, {args.size} model, {args.max_new_tokens} new tokens; "
         f"2 nodes / 1 node = {ratio:.2f}x" if ratio else "",

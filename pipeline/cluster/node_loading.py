@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -128,6 +128,7 @@ class NodeLoaders:
             num_cpus=1, num_returns=2, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD"
         )
         self._loading: dict[Any, tuple[PageTask, Any]] = {}  # summary ref -> (task, pixels ref)
+        self._queued: deque[PageTask] = deque()  # submitted, waiting for a CPU (`processes`)
         self.loaded_by: Counter[str] = Counter()  # pages per node id, HEAD for the head's own
         self._blind: set[str] = set()
         self._cpus, self._cpus_read = 0, -CPU_REFRESH_S
@@ -144,12 +145,20 @@ class NodeLoaders:
         return max(self._cpus - self.actors(), self.head.processes, 1)
 
     def __len__(self) -> int:
-        return len(self._loading) + len(self.head)
+        return len(self._loading) + len(self._queued) + len(self.head)
 
     def submit(self, task: PageTask) -> None:
-        summary, pixels = self.task.remote(*self.head.load_arguments(task))
-        summary.future().add_done_callback(lambda _future: self.on_done())
-        self._loading[summary] = (task, pixels)
+        self._queued.append(task)
+        self._launch()
+
+    def _launch(self) -> None:
+        """Load tasks for queued pages while fewer than `processes` run (Ray alone would run
+        one per CPU, the actors' cores included)."""
+        while self._queued and len(self._loading) < self.processes:
+            task = self._queued.popleft()
+            summary, pixels = self.task.remote(*self.head.load_arguments(task))
+            summary.future().add_done_callback(lambda _future: self.on_done())
+            self._loading[summary] = (task, pixels)
 
     def harvest(self) -> list[tuple[PageTask, LoadResult | LoadedOnNode]]:
         """Pages whose loading finished, on a node or (handed back) on the head."""
@@ -157,9 +166,10 @@ class NodeLoaders:
         for task, result in self.head.harvest():
             self.loaded_by[HEAD] += isinstance(result, LoadedImage)
             finished.append((task, result))
-        if not self._loading:
-            return finished
-        ready, _ = self.ray.wait(list(self._loading), num_returns=len(self._loading), timeout=0)
+        ready = []
+        if self._loading:
+            refs = list(self._loading)
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
             task, pixels = self._loading.pop(ref)
             result = self._summary(ref, task)
@@ -170,6 +180,7 @@ class NodeLoaders:
                 finished.append((task, replace(result, on_node=pixels)))
             else:
                 finished.append((task, result))
+        self._launch()
         return finished
 
     def _summary(self, ref: Any, task: PageTask) -> LoadedOnNode | HeadMustLoad | LoadFailure:
@@ -201,6 +212,7 @@ class NodeLoaders:
         for ref in self._loading:
             self.ray.cancel(ref)
         self._loading.clear()
+        self._queued.clear()
         self.head.shutdown()
         if self.loaded_by:
             counts = ", ".join(f"{node[:12]}: {n}" for node, n in sorted(self.loaded_by.items()))
