@@ -214,6 +214,7 @@ def connect_readonly(out_dir: Path, db_path: Path) -> sqlite3.Connection:
             f"{out_dir} holds no anandasky-batch job store ({db_path} is missing): nothing has "
             "run into this folder yet. Check the path, or start a run with it as output folder."
         )
+    check_not_emptied(out_dir, db_path)  # else it reads as a store still being created
     try:
         return _open_readonly(db_path, immutable=False)
     except sqlite3.Error as err:

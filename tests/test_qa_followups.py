@@ -1,0 +1,59 @@
+"""Follow-ups of an exploratory QA pass: each failure a user hit is one line naming what is wrong
+and what to do, with its documented exit code, and nothing is left behind by a refused command.
+
+All through the real CLI in a subprocess; damage to the job store is labelled fault injection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from export_fixture import build_out
+from test_qa_cli_commands import one_error_line
+from test_run_end_to_end import cli
+
+from pipeline.errors import ExitCode
+
+TESTDATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture
+def emptied_out(tmp_path) -> Path:
+    """An OUT folder with real page outputs whose job store was truncated to 0 bytes."""
+    out = tmp_path / "out"
+    build_out(out).close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{out}/.anandasky/jobs.sqlite{suffix}").unlink(missing_ok=True)
+    os.truncate(out / ".anandasky" / "jobs.sqlite", 0)  # FAULT INJECTION: the store lost all
+    assert any((out / "pages").iterdir())
+    return out
+
+
+def _readers(out: Path, tmp_path: Path) -> list[tuple[str, ...]]:
+    return [
+        ("status", str(out)),
+        ("export", str(out), "--to", str(tmp_path / "delivery")),
+        ("evaluate", str(out), "--gt", str(TESTDATA / "gt")),
+        ("resume", str(out)),
+    ]
+
+
+def test_an_emptied_store_beside_outputs_is_damaged_for_every_reading_command(
+    emptied_out, tmp_path
+):
+    for args in _readers(emptied_out, tmp_path):
+        result = cli(*args)
+        line = one_error_line(result)
+        assert result.returncode == ExitCode.STORE_DAMAGED == 8, (args, line)
+        assert "is empty (0 bytes)" in line and "not finished being created" not in line
+
+
+def test_a_store_still_being_created_keeps_its_message(tmp_path):
+    out = tmp_path / "out"
+    (out / ".anandasky").mkdir(parents=True)
+    (out / ".anandasky" / "jobs.sqlite").write_bytes(b"")  # created, header not yet written
+    result = cli("status", str(out))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert "not finished being created" in one_error_line(result)
