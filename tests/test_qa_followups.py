@@ -57,3 +57,21 @@ def test_a_store_still_being_created_keeps_its_message(tmp_path):
     result = cli("status", str(out))
     assert result.returncode == ExitCode.BAD_ARGUMENTS
     assert "not finished being created" in one_error_line(result)
+
+
+def test_the_damaged_store_advice_names_the_run_command_from_every_command(emptied_out, tmp_path):
+    for args in _readers(emptied_out, tmp_path):
+        line = one_error_line(cli(*args))
+        assert f"anandasky-batch run INPUTS --out {emptied_out} --recover-store" in line, line
+        assert "Run again with --recover-store" not in line
+
+
+def test_a_garbled_store_advice_names_the_run_command_for_status(tmp_path):
+    out = tmp_path / "out"
+    build_out(out).close()
+    db = out / ".anandasky" / "jobs.sqlite"
+    db.write_bytes(b"\xa5" * db.stat().st_size)  # FAULT INJECTION: not a database any more
+    result = cli("status", str(out))
+    line = one_error_line(result)
+    assert result.returncode == ExitCode.STORE_DAMAGED, line
+    assert f"anandasky-batch run INPUTS --out {out} --recover-store" in line, line

@@ -98,8 +98,8 @@ def store_error(err: sqlite3.Error, db_path: Path) -> AnandaSkyError:
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
         return StoreDamaged(
             f"the job store {db_path} is damaged ({text}): the record of which pages are done is "
-            "lost, the page files under pages/ are not. Run again with --recover-store to keep "
-            f"the damaged copy beside it and rebuild the store (every page is then redone)"
+            f"lost, the page files under pages/ are not. {_recover_advice(db_path)} to keep the "
+            "damaged copy beside it and rebuild the store (every page is then redone)"
         )
     return BadArguments(f"{db_path} could not be read as an anandasky-batch job store ({text})")
 
@@ -118,9 +118,19 @@ def check_not_emptied(out_dir: Path, db_path: Path) -> None:
     if empty and pages_dir.is_dir() and any(pages_dir.iterdir()):
         raise StoreDamaged(
             f"the job store {db_path} is empty (0 bytes) but {pages_dir} holds page outputs: the "
-            "record of which pages are done was lost. Run again with --recover-store to rebuild "
+            f"record of which pages are done was lost. {_recover_advice(db_path)} to rebuild "
             "it (pages are then redone), or restore the file from a backup"
         )
+
+
+def _recover_advice(db_path: Path) -> str:
+    """Only `run` has --recover-store, and `status`, `export`, `evaluate` and `resume` show
+    this damage too: the advice spells out the `run` command, which fits every one of them."""
+    out_dir = db_path.parent.parent
+    return (
+        f"Run `anandasky-batch run INPUTS --out {out_dir} --recover-store` (the same inputs and "
+        "options as the first run)"
+    )
 
 
 def take_run_lock(out_dir: Path, lock_path: Path) -> int:
