@@ -7,6 +7,7 @@ All through the real CLI in a subprocess; damage to the job store is labelled fa
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,23 @@ def test_a_garbled_store_advice_names_the_run_command_for_status(tmp_path):
     line = one_error_line(result)
     assert result.returncode == ExitCode.STORE_DAMAGED, line
     assert f"anandasky-batch run INPUTS --out {out} --recover-store" in line, line
+
+
+# ---- infer ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_model(tmp_path, tiny_model_dir) -> Path:
+    """A checkpoint whose config is fine but whose weights fail only when the model loads."""
+    model = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, model)
+    os.truncate(model / "model.safetensors", 100)  # FAULT INJECTION: weights cut short
+    return model
+
+
+def test_infer_reports_an_unreadable_image_before_loading_the_model(broken_model):
+    image = TESTDATA / "malformed" / "zero_bytes.jpg"
+    result = cli("infer", "--model", str(broken_model), "--image", str(image))
+    line = one_error_line(result)
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert f"cannot read {image}" in line and "safetensors" not in line, line

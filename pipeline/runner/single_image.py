@@ -68,7 +68,8 @@ def transcribe_file(
 
 
 def _load(model_dir: str | Path, path: Path, device: str, dtype: str | None, impl: str):
-    """The recognizer, then the file's first page as `run`'s page loaders read it."""
-    recognizer = load_recognizer(model_dir, device=device, dtype=dtype, impl=impl)
+    """The file's first page as `run`'s page loaders read it, then the recognizer: a file that
+    cannot be read is reported at once, not after the model has loaded."""
     max_pixels = page_pixel_budget(model_dir, impl)
-    return recognizer, load_page(path, 0, IngestSettings(), max_pixels=max_pixels)
+    page = load_page(path, 0, IngestSettings(), max_pixels=max_pixels)
+    return load_recognizer(model_dir, device=device, dtype=dtype, impl=impl), page
