@@ -17,6 +17,8 @@ from cli_options import (
     Impl,
     ImplOption,
     ModelOption,
+    PdfPasswordOption,
+    QuietOption,
     Rasterizer,
     TestSize,
     checked_image,
@@ -66,9 +68,7 @@ def run(
     ] = True,
     dpi: Annotated[int, typer.Option(help="Resolution PDFs are rendered at.")] = 300,
     rasterizer: Annotated[Rasterizer, typer.Option(help="PDF renderer.")] = Rasterizer.pdfium,
-    pdf_password: Annotated[
-        str | None, typer.Option(help="Password for encrypted PDFs (never stored).")
-    ] = None,
+    pdf_password: PdfPasswordOption = None,
     max_image_pixels: Annotated[
         int, typer.Option(help="Refuse images larger than this (decompression bombs).")
     ] = 250_000_000,
@@ -167,9 +167,7 @@ def run(
     detector_max_side: Annotated[
         int, typer.Option(help="Long side (pixels) of the image the line detector sees.")
     ] = 1536,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
-    ] = False,
+    quiet: QuietOption = False,
 ) -> int:
     """Transcribe a collection into OUT; run it again to resume after any interruption."""
     from pipeline.runner.collection import run_collection
@@ -218,7 +216,7 @@ def run(
 @app.command()
 def resume(
     out: Annotated[Path, typer.Argument(help="Output folder of an earlier run.")],
-    pdf_password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
+    pdf_password: PdfPasswordOption = None,
     device: Annotated[str | None, typer.Option(help="Override the stored device.")] = None,
     devices: Annotated[str | None, typer.Option(help="Override the stored device ids.")] = None,
     workers: Annotated[
@@ -227,7 +225,7 @@ def resume(
     ray: Annotated[
         str | None, typer.Option(help="Override the stored Ray cluster address.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: QuietOption = False,
 ) -> int:
     """Rerun OUT with the settings stored by its first run."""
     from pipeline.runner.collection import resume_collection
@@ -367,6 +365,7 @@ def infer(
     dtype: DtypeOption = None,
     impl: ImplOption = Impl.auto,
     max_new_tokens: Annotated[int, typer.Option()] = 2048,
+    pdf_password: PdfPasswordOption = None,
 ) -> int:
     """Transcribe a single image and print the text."""
     from pipeline.runner.single_image import transcribe_file
@@ -380,6 +379,7 @@ def infer(
             dtype=dtype,
             impl=impl.value,
             max_new_tokens=max_new_tokens,
+            pdf_password=pdf_password,
         )
     print(text)
     return ExitCode.OK

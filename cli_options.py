@@ -56,6 +56,10 @@ DtypeOption = Annotated[
     ),
 ]
 ImplOption = Annotated[Impl, typer.Option(help="Model implementation. " + REMOTE_CODE_WARNING)]
+PdfPasswordOption = Annotated[
+    str | None, typer.Option(help="Password for encrypted PDFs (never stored).")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 
 
 def split_list(values: str) -> tuple[str, ...]:

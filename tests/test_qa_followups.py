@@ -96,3 +96,13 @@ def test_infer_reports_an_unreadable_image_before_loading_the_model(broken_model
     line = one_error_line(result)
     assert result.returncode == ExitCode.BAD_ARGUMENTS
     assert f"cannot read {image}" in line and "safetensors" not in line, line
+
+
+def test_infer_opens_an_encrypted_pdf_with_the_pdf_password_its_advice_names(tiny_model_dir):
+    pdf = TESTDATA / "malformed" / "encrypted_user_pw_623_rc4_40bit.pdf"
+    base = ("infer", "--model", str(tiny_model_dir), "--image", str(pdf), "--device", "cpu")
+    refused = cli(*base, "--max-new-tokens", "4")
+    assert refused.returncode == ExitCode.BAD_ARGUMENTS
+    assert "--pdf-password" in one_error_line(refused)
+    opened = cli(*base, "--max-new-tokens", "4", "--pdf-password", "623")
+    assert opened.returncode == ExitCode.OK, opened.stderr

@@ -56,20 +56,28 @@ def transcribe_file(
     dtype: str | None = None,
     impl: str = "native",
     max_new_tokens: int = 2048,
+    pdf_password: str | None = None,
 ) -> str:
     """`infer`: the first page of `image_path`, as `run` would transcribe it."""
     if not Path(image_path).is_file():
         raise BadArguments(f"image not found: {image_path}")
-    recognizer, page = _load(model_dir, Path(image_path), device, dtype, impl)
+    recognizer, page = _load(model_dir, Path(image_path), device, dtype, impl, pdf_password)
     (recognition,) = recognizer.recognize(
         [page], prompt=prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens
     )
     return recognition.text
 
 
-def _load(model_dir: str | Path, path: Path, device: str, dtype: str | None, impl: str):
+def _load(
+    model_dir: str | Path,
+    path: Path,
+    device: str,
+    dtype: str | None,
+    impl: str,
+    pdf_password: str | None = None,
+):
     """The file's first page as `run`'s page loaders read it, then the recognizer: a file that
     cannot be read is reported at once, not after the model has loaded."""
     max_pixels = page_pixel_budget(model_dir, impl)
-    page = load_page(path, 0, IngestSettings(), max_pixels=max_pixels)
+    page = load_page(path, 0, IngestSettings(pdf_password=pdf_password), max_pixels=max_pixels)
     return load_recognizer(model_dir, device=device, dtype=dtype, impl=impl), page
