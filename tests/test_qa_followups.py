@@ -106,3 +106,13 @@ def test_infer_opens_an_encrypted_pdf_with_the_pdf_password_its_advice_names(tin
     assert "--pdf-password" in one_error_line(refused)
     opened = cli(*base, "--max-new-tokens", "4", "--pdf-password", "623")
     assert opened.returncode == ExitCode.OK, opened.stderr
+
+
+def test_infer_with_a_file_as_model_says_a_model_folder_is_expected(tmp_path):
+    model = tmp_path / "weights.txt"
+    model.write_text("not a model")
+    image = TESTDATA / "pages" / "vertical" / "jp_vert.jpg"
+    result = cli("infer", "--model", str(model), "--image", str(image))
+    line = one_error_line(result)
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, line
+    assert f"{model} is a file, not a folder" in line and "does not exist" not in line, line

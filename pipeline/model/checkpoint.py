@@ -51,9 +51,10 @@ def locate(model_dir: str | Path) -> CheckpointFiles:
     """Find a folder's files or raise one error naming everything that is missing."""
     root = Path(model_dir).expanduser()
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise CheckpointError(
-            f"model folder {root} does not exist; it must hold {CONFIG_FILE}, {TOKENIZER_FILE} "
-            f"and {WEIGHTS_FILE} (see weights/README.md)"
+            f"model folder {root} {what}; give the folder that holds {CONFIG_FILE}, "
+            f"{TOKENIZER_FILE} and {WEIGHTS_FILE} (see weights/README.md)"
         )
     missing = [name for name in (CONFIG_FILE, TOKENIZER_FILE) if not (root / name).is_file()]
     index: Path | None = None
