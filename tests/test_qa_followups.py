@@ -6,6 +6,7 @@ All through the real CLI in a subprocess; damage to the job store is labelled fa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -116,3 +117,28 @@ def test_infer_with_a_file_as_model_says_a_model_folder_is_expected(tmp_path):
     line = one_error_line(result)
     assert result.returncode == ExitCode.BAD_ARGUMENTS, line
     assert f"{model} is a file, not a folder" in line and "does not exist" not in line, line
+
+
+# ---- run: refused options leave nothing behind ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "code", "named"),
+    [
+        (("--workers", "0"), ExitCode.BAD_ARGUMENTS, "--workers"),
+        (("--max-image-pixels", "0"), ExitCode.BAD_ARGUMENTS, "--max-image-pixels"),
+        (("--device", "npu:9"), ExitCode.MISSING_DEPENDENCY, "--device npu:9"),
+    ],
+)
+def test_a_refused_run_option_creates_no_output_folder(
+    tmp_path, tiny_model_dir, option, code, named
+):
+    if option[0] == "--device" and importlib.util.find_spec("torch_npu") is not None:
+        pytest.skip("torch-npu is installed here: npu:9 may pass the runtime check")
+    out = tmp_path / "out"
+    page = TESTDATA / "pages" / "vertical" / "jp_vert.jpg"
+    result = cli("run", str(page), "--out", str(out), "--model", str(tiny_model_dir), *option)
+    line = one_error_line(result)
+    assert result.returncode == code, line
+    assert named in line and "BadArguments" not in line, line
+    assert not out.exists(), f"{out} was created by a refused command"

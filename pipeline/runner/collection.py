@@ -33,6 +33,9 @@ def run_collection(settings: RunSettings) -> ExitCode:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
     _refuse_out_as_input(inputs, out_dir)
+    if not settings.ray:  # a device or --workers refused here leaves no OUT folder behind
+        check_device_runtime(settings.device)
+        slots = plan_workers(settings.device, settings.devices, settings.workers)
     ensure_writable_folder(out_dir)
     if settings.ray:
         from pipeline.cluster.connect import cluster_slots
@@ -40,9 +43,6 @@ def run_collection(settings: RunSettings) -> ExitCode:
         slots = cluster_slots(
             settings.ray, settings.device, settings.ray_resource, settings.devices
         )
-    else:
-        check_device_runtime(settings.device)
-        slots = plan_workers(settings.device, settings.devices, settings.workers)
     if settings.rasterizer == "poppler":
         require_poppler()
     with (

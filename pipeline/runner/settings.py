@@ -105,6 +105,7 @@ class RunSettings:
             raise BadArguments(
                 "--ray-loading nodes loads pages on a Ray cluster's nodes: add --ray"
             )
+        _ = self.ingest  # --max-image-pixels (and --dpi, --rasterizer) checked before any work
         self._check_layout()
 
     def _check_layout(self) -> None:
