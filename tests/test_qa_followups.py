@@ -128,6 +128,7 @@ def test_infer_with_a_file_as_model_says_a_model_folder_is_expected(tmp_path):
         (("--workers", "0"), ExitCode.BAD_ARGUMENTS, "--workers"),
         (("--max-image-pixels", "0"), ExitCode.BAD_ARGUMENTS, "--max-image-pixels"),
         (("--device", "npu:9"), ExitCode.MISSING_DEPENDENCY, "--device npu:9"),
+        (("--dtype", "float64"), ExitCode.BAD_ARGUMENTS, "--dtype float64"),
     ],
 )
 def test_a_refused_run_option_creates_no_output_folder(

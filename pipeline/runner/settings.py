@@ -35,6 +35,9 @@ _NOT_STORED = ("pdf_password", "quiet", "new_config", "recover_store", "prune")
 # Detecting loaders at most when chosen automatically (`automatic_loaders`): each one's resident
 # memory was ~0.75 GB after detecting lines on the test pages, so 32 hold ~24 GB.
 MAX_DETECTING_LOADERS = 32
+# The dtypes a worker computes in (pipeline.model.devices.DTYPES, which needs torch), after
+# `canonical_dtype` maps aliases such as bf16: checked here, before OUT or a worker exists.
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class RunSettings:
             raise BadArguments(
                 "--ray-loading nodes loads pages on a Ray cluster's nodes: add --ray"
             )
+        if self.dtype is not None and canonical_dtype(self.dtype) not in DTYPES:
+            raise BadArguments(f"--dtype {self.dtype}: use {', '.join(DTYPES)} (or bf16, fp16)")
         _ = self.ingest  # --max-image-pixels (and --dpi, --rasterizer) checked before any work
         self._check_layout()
 
