@@ -143,3 +143,21 @@ def test_a_refused_run_option_creates_no_output_folder(
     assert result.returncode == code, line
     assert named in line and "BadArguments" not in line, line
     assert not out.exists(), f"{out} was created by a refused command"
+
+
+# ---- run: a file name that is not UTF-8 ------------------------------------------------------
+
+
+def test_a_page_that_fails_to_load_names_a_non_utf8_file_with_xnn_escapes(tmp_path, tiny_model_dir):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    name = os.fsdecode(b"tr\xfcnc.jpg")  # Latin-1 bytes, as old archive disks hold them
+    shutil.copy(TESTDATA / "malformed" / "truncated_jpeg.jpg", inputs / name)
+    out = tmp_path / "out"
+    args = ("--device", "cpu", "--detector", "none", "--max-attempts", "1", "--max-new-tokens", "4")
+    result = cli("run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir), *args)
+    assert "Traceback" not in result.stderr
+    log = (out / "run.log").read_text(encoding="utf-8", errors="backslashreplace")
+    for where in (result.stderr, log):
+        assert "tr\\xfcnc.jpg page 1: truncated image" in where, where
+        assert "\\udc" not in where and "\udcfc" not in where, where

@@ -14,6 +14,7 @@ from pathlib import Path
 import pipeline
 from pipeline.jobs.backend import WorkQueue
 from pipeline.jobs.connect import DB_NAME, STATE_DIR, output_access_error, store_error
+from pipeline.jobs.records import printable
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 from pipeline.outputs.alto import PageMeta, page_confidence
 from pipeline.outputs.page_files import write_page_outputs
@@ -69,7 +70,9 @@ class ResultWriter:
                 if isinstance(err, OSError)
                 else store_error(err, self.out_dir / STATE_DIR / DB_NAME)
             )
-            log_to_file_only(logging.ERROR, f"{task.relpath} page {task.page_index + 1}: {error}")
+            log_to_file_only(
+                logging.ERROR, f"{printable(task.relpath)} page {task.page_index + 1}: {error}"
+            )
             release_quietly(self.queue, [task.page_id])
             raise error from None
 
@@ -96,7 +99,7 @@ class ResultWriter:
         if page.layout_error:
             log.warning(
                 "%s page %d: %s; recognised without line positions",
-                task.relpath,
+                printable(task.relpath),
                 task.page_index + 1,
                 page.layout_error,
             )
@@ -124,4 +127,8 @@ class ResultWriter:
         self.stages.write_s += written - started
         self.stages.store_s += time.perf_counter() - written
         if recognition.stop_reason == "repetition":
-            log.info("%s page %d: stopped a repetition loop", task.relpath, task.page_index + 1)
+            log.info(
+                "%s page %d: stopped a repetition loop",
+                printable(task.relpath),
+                task.page_index + 1,
+            )

@@ -14,6 +14,7 @@ from pipeline.errors import AnandaSkyError
 from pipeline.ingest.page_loading import LoadFailure
 from pipeline.ingest.source_changes import SourceChanged
 from pipeline.jobs.backend import WorkQueue
+from pipeline.jobs.records import printable
 from pipeline.runner.batching import ReadyPage, ReadyPages
 from pipeline.runner.loader_pool import LoaderPool
 from pipeline.runner.pending import PendingPages
@@ -95,7 +96,9 @@ class Scheduler:
             if isinstance(result, SourceChanged):
                 self.changes.handle(task, pending)
             elif isinstance(result, LoadFailure):
-                log.warning("%s page %d: %s", task.relpath, task.page_index + 1, result.message)
+                log.warning(
+                    "%s page %d: %s", printable(task.relpath), task.page_index + 1, result.message
+                )
                 state = self.queue.fail(
                     task.page_id,
                     result.message,
@@ -204,7 +207,9 @@ class Scheduler:
                 self.ready.add(page)
             elif state == "failed":
                 task = page.task
-                log.warning("%s page %d: failed: %s", task.relpath, task.page_index + 1, error)
+                log.warning(
+                    "%s page %d: failed: %s", printable(task.relpath), task.page_index + 1, error
+                )
                 self.progress.page_failed()
             else:
                 self.queue.release([page.task.page_id])
