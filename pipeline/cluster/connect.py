@@ -47,6 +47,9 @@ class ClusterTarget:
     address: str
     device_type: str  # "npu" | "cuda" | "cpu"
     resource: str  # "NPU", "GPU", "CPU" or a custom name
+    # `--ray-loading nodes`: each accelerator actor holds a CPU of its node where the node has
+    # cores to spare, so page-loading tasks (one CPU each) leave it a core for its host work.
+    core_per_actor: bool = False
 
     @property
     def visible_variable(self) -> str | None:

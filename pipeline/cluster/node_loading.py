@@ -10,8 +10,9 @@ and the driver gets a summary only (sizes, lines, timings), so it never holds a 
 It needs every node to see the inputs at the same path (a shared file system). A node that does
 not see a file, or sees other bytes than were registered, hands the page back and the head loads
 it itself (a warning names the node, once): a node without the share slows a run, never changes
-its output. Model actors on accelerators hold no CPU (`num_cpus=0`), so loading uses the nodes'
-CPUs; with CPU actors every core is an actor's, and node loading is refused.
+its output. Load tasks take one CPU each where Ray has one free; accelerator actors then hold a
+CPU each too on nodes with at least two per unit (`ClusterTarget.core_per_actor`), so their own
+host work keeps a core. With CPU actors every core is an actor's: node loading is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,48 +117,35 @@ def load_on_node(
 class NodeLoaders:
     """`LoaderPool`'s interface over Ray tasks; pages a node hands back go to the head's pool."""
 
-    def __init__(
-        self, head: LoaderPool, on_done=lambda: None, actors: Callable[[], int] = lambda: 0
-    ) -> None:
+    def __init__(self, head: LoaderPool, on_done=lambda: None) -> None:
         self.ray = import_ray()
-        self.actors = actors  # model actors up now: a core each is left for their host work
         self.head = head  # its settings are the tasks' too (`load_arguments`)
         self.on_done = on_done
         self.task = self.ray.remote(load_on_node).options(
             num_cpus=1, num_returns=2, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD"
         )
         self._loading: dict[Any, tuple[PageTask, Any]] = {}  # summary ref -> (task, pixels ref)
-        self._queued: deque[PageTask] = deque()  # submitted, waiting for a CPU (`processes`)
         self.loaded_by: Counter[str] = Counter()  # pages per node id, HEAD for the head's own
         self._blind: set[str] = set()
         self._cpus, self._cpus_read = 0, -CPU_REFRESH_S
 
     @property
     def processes(self) -> int:
-        """Pages the cluster loads at once: its CPUs (read again every few seconds) less one
-        per model actor, whose own host work (decoding PNGs, tokens, results) needs a core;
-        Ray spreads the tasks, so the cores left free are spread too."""
+        """Pages the cluster loads at once: the CPUs Ray has (read again every few seconds);
+        Ray runs a load task where a CPU is free, the cores actors hold excepted."""
         now = time.monotonic()
         if now - self._cpus_read >= CPU_REFRESH_S:
             self._cpus = int(self.ray.cluster_resources().get("CPU", 0))
             self._cpus_read = now
-        return max(self._cpus - self.actors(), self.head.processes, 1)
+        return max(self._cpus, self.head.processes, 1)
 
     def __len__(self) -> int:
-        return len(self._loading) + len(self._queued) + len(self.head)
+        return len(self._loading) + len(self.head)
 
     def submit(self, task: PageTask) -> None:
-        self._queued.append(task)
-        self._launch()
-
-    def _launch(self) -> None:
-        """Load tasks for queued pages while fewer than `processes` run (Ray alone would run
-        one per CPU, the actors' cores included)."""
-        while self._queued and len(self._loading) < self.processes:
-            task = self._queued.popleft()
-            summary, pixels = self.task.remote(*self.head.load_arguments(task))
-            summary.future().add_done_callback(lambda _future: self.on_done())
-            self._loading[summary] = (task, pixels)
+        summary, pixels = self.task.remote(*self.head.load_arguments(task))
+        summary.future().add_done_callback(lambda _future: self.on_done())
+        self._loading[summary] = (task, pixels)
 
     def harvest(self) -> list[tuple[PageTask, LoadResult | LoadedOnNode]]:
         """Pages whose loading finished, on a node or (handed back) on the head."""
@@ -180,7 +167,6 @@ class NodeLoaders:
                 finished.append((task, replace(result, on_node=pixels)))
             else:
                 finished.append((task, result))
-        self._launch()
         return finished
 
     def _summary(self, ref: Any, task: PageTask) -> LoadedOnNode | HeadMustLoad | LoadFailure:
@@ -212,7 +198,6 @@ class NodeLoaders:
         for ref in self._loading:
             self.ray.cancel(ref)
         self._loading.clear()
-        self._queued.clear()
         self.head.shutdown()
         if self.loaded_by:
             counts = ", ".join(f"{node[:12]}: {n}" for node, n in sorted(self.loaded_by.items()))

@@ -109,19 +109,27 @@ def place_label(place: ActorPlace, target: ClusterTarget, slot: int) -> str:
     return label
 
 
-def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: ClusterNode):
-    """A model actor on `node` holding one unit of the run's resource (nothing else: with
-    `num_cpus=0` a node runs as many actors as it has units, whatever CPUs it declares)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+def actor_request(target: ClusterTarget, node: ClusterNode) -> dict[str, Any]:
+    """What a model actor on `node` asks Ray for: one unit of the run's resource and nothing
+    else (with `num_cpus=0` a node runs as many actors as it has units, whatever CPUs it
+    declares); with `target.core_per_actor`, also one CPU where the node has two per unit."""
     resource = target.resource
-    request: dict[str, Any] = {"num_cpus": 0}
     if resource == "CPU":
-        request = {"num_cpus": 1}
-    elif resource == "GPU":
+        return {"num_cpus": 1}
+    spare = target.core_per_actor and node.cpus >= 2 * node.slots
+    request: dict[str, Any] = {"num_cpus": 1 if spare else 0}
+    if resource == "GPU":
         request["num_gpus"] = 1
     else:
         request["resources"] = {resource: 1}
+    return request
+
+
+def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: ClusterNode):
+    """A model actor on `node`, pinned there, asking for `actor_request`."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    request = actor_request(target, node)
     if target.device_type == "cpu":  # the node's cores, shared among its actors
         options = replace(options, torch_threads=max(1, node.cpus // node.slots))
     return remote.options(
@@ -130,7 +138,7 @@ def create_actor(remote, target: ClusterTarget, options: WorkerOptions, node: Cl
         # Threaded: every batch out waits in its own `recognize` call, plus place/load.
         max_concurrency=JOBS_PER_WORKER + 2,
         **request,
-    ).remote(options, target.device_type, resource)
+    ).remote(options, target.device_type, target.resource)
 
 
 class CrashCount:

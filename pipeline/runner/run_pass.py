@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import BadArguments, ExitCode
@@ -109,6 +110,7 @@ def _worker_pool(settings: RunSettings, slots: list[WorkerSlot], options) -> Wor
     from pipeline.cluster.pool import RayWorkerPool
 
     target = connect(settings.ray, settings.device, settings.ray_resource)  # joined already
+    target = replace(target, core_per_actor=settings.ray_loading == "nodes")
     return RayWorkerPool(target, options, settings.batch_timeout_s)
 
 
@@ -124,7 +126,7 @@ def _page_loaders(settings: RunSettings, workers: WorkerPool, head: LoaderPool):
             "--ray-loading nodes needs the model actors on accelerators: with CPU actors every "
             "core is an actor's and no page could load; drop --ray-loading nodes"
         )
-    return NodeLoaders(head, on_done=workers.wake, actors=workers.live_count)
+    return NodeLoaders(head, on_done=workers.wake)
 
 
 def _labels(slots: list[WorkerSlot]) -> str:
