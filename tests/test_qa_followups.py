@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +166,43 @@ def test_a_page_that_fails_to_load_names_a_non_utf8_file_with_xnn_escapes(tmp_pa
     for where in (result.stderr, log):
         assert "tr\\xfcnc.jpg page 1: truncated image" in where, where
         assert "\\udc" not in where and "\udcfc" not in where, where
+
+
+# ---- Ctrl-C at start-up ------------------------------------------------------------------------
+
+
+def _console_entry_point() -> tuple[str, str]:
+    """`module:function` that the installed `anandasky-batch` script calls (pyproject.toml)."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    found = re.search(r'^anandasky-batch = "([\w.]+):(\w+)"$', text, re.MULTILINE)
+    assert found, "no anandasky-batch console script in pyproject.toml"
+    return found.group(1), found.group(2)
+
+
+def test_ctrl_c_while_the_command_line_starts_exits_130_without_a_traceback(
+    tiny_model_dir,
+):
+    """SIGINT 0-42 ms after the entry point is called: during the imports of the command line,
+    or just after them, as the command line sets up; both end with 130 and no traceback.
+    The child says when it is about to call the entry point, so no signal lands in Python's
+    own start-up (which prints its own traceback, out of our reach)."""
+    module, function = _console_entry_point()
+    # The signal is sent once the interpreter is up and the entry module (a few lines, no
+    # imports of its own) is loaded: from there on every moment must be covered.
+    code = f"import os; from {module} import {function}; os.write(1, b'+'); {function}()"
+    image = TESTDATA / "pages" / "vertical" / "jp_vert.jpg"
+    args = ("infer", "--model", str(tiny_model_dir), "--image", str(image), "--device", "cpu")
+    for step in range(15):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert child.stdout.read(1) == b"+"
+        time.sleep(step * 0.003)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=600)
+        stderr = err.decode("utf-8", "replace")
+        assert "Traceback" not in stderr, f"SIGINT after {step * 3} ms:\n{stderr}"
+        assert child.returncode == ExitCode.INTERRUPTED == 130, (step, stderr)
