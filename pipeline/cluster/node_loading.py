@@ -30,7 +30,7 @@ from pipeline.faults import injected_fault
 from pipeline.ingest.documents import IngestSettings
 from pipeline.ingest.page_loading import LayoutRequest, LoadedImage, LoadFailure, load_page_image
 from pipeline.ingest.source_changes import Registered, SourceChanged
-from pipeline.jobs.records import PageTask
+from pipeline.jobs.records import PageTask, printable
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 from pipeline.runner.loader_pool import LoaderPool, LoadResult
 
@@ -176,7 +176,7 @@ class NodeLoaders:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning(
                 "%s page %d: loading on a node failed: %s",
-                task.relpath,
+                printable(task.relpath),
                 task.page_index + 1,
                 reason,
             )
@@ -190,7 +190,7 @@ class NodeLoaders:
                 "node the inputs at the same path, or drop --ray-loading nodes",
                 why.node[:12],
                 why.why,
-                task.relpath,
+                printable(task.relpath),
             )
         self.head.submit(task)
 
