@@ -91,7 +91,9 @@ def test_export_onto_a_full_disk_exits_5_and_finishes_once_there_is_space(out, s
 # ---- verify: arguments checked before the two model loads --------------------------------------
 
 
-def test_verify_refuses_a_folder_as_image_before_loading_any_model(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("given", ["folder", "missing"])
+def test_verify_refuses_a_bad_image_before_loading_any_model(tiny_model_dir, tmp_path, given):
+    image = tmp_path if given == "folder" else tmp_path / "nope.jpg"
     result = cli(
         "verify",
         "--model",
@@ -99,31 +101,14 @@ def test_verify_refuses_a_folder_as_image_before_loading_any_model(tiny_model_di
         "--device",
         "cpu",
         "--images",
-        str(tmp_path),
+        str(image),
         "--out",
         str(tmp_path / "r.json"),
     )
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
-    assert f"--images {tmp_path} is a folder" in one_error_line(result)
+    expected = f"--images {image} is a folder" if given == "folder" else f"image not found: {image}"
+    assert expected in one_error_line(result)
     assert "loading" not in result.stderr  # said at once, not after minutes of loading
-
-
-def test_verify_refuses_a_missing_image_before_loading_any_model(tiny_model_dir, tmp_path):
-    missing = tmp_path / "nope.jpg"
-    result = cli(
-        "verify",
-        "--model",
-        str(tiny_model_dir),
-        "--device",
-        "cpu",
-        "--images",
-        str(missing),
-        "--out",
-        str(tmp_path / "r.json"),
-    )
-    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
-    assert f"image not found: {missing}" in one_error_line(result)
-    assert "loading" not in result.stderr
 
 
 def test_verify_report_that_cannot_be_written_is_refused_before_the_check(
