@@ -129,12 +129,33 @@ def _decode_error(err: Exception, fmt: str, kind: type[InputError]) -> InputErro
     return kind("corrupt image", f"{fmt} decoding failed ({message}); export or scan it again")
 
 
+def _frames_or_fail(image: Image.Image, fmt: str) -> list[int]:
+    """`_page_frames`, with a failure mapped to DocumentError (the page count is unknown)."""
+    try:
+        return _page_frames(image)
+    except InputError:
+        raise
+    except Exception as err:
+        raise _decode_error(err, fmt, DocumentError) from err
+
+
 def _page_frames(image: Image.Image) -> list[int]:
     """Frame numbers that are pages: all TIFF frames except thumbnails and masks."""
     if image.format != "TIFF":
         return [0]
+    try:
+        count = getattr(image, "n_frames", 1)
+    except Exception as err:
+        # Image.open read page 1's header, so what failed lies after it: an incomplete copy
+        # of a multi-page scan says so instead of calling the whole file corrupt.
+        message = str(err) or type(err).__name__
+        raise DocumentError(
+            "truncated image",
+            f"the TIFF is truncated or damaged after its first page(s) ({message}); "
+            "copy it again from the source",
+        ) from err
     frames = []
-    for frame in range(getattr(image, "n_frames", 1)):
+    for frame in range(count):
         image.seek(frame)
         subfile = image.tag_v2.get(_TIFF_NEW_SUBFILE_TYPE, 0)
         if not (isinstance(subfile, int) and subfile & (_SUBFILE_REDUCED | _SUBFILE_MASK)):
@@ -158,10 +179,7 @@ def _check_pixels(size: tuple[int, int], pixel_limit: int, kind: type[InputError
 def count_image_pages(path: Path, fmt: str, pixel_limit: int) -> int:
     """Count pages from headers alone; a single-page image that is too large fails here."""
     with _open(path, fmt) as image:
-        try:
-            frames = _page_frames(image)
-        except Exception as err:
-            raise _decode_error(err, fmt, DocumentError) from err
+        frames = _frames_or_fail(image, fmt)
         if len(frames) == 1:
             image.seek(frames[0])
             _check_pixels(image.size, pixel_limit, DocumentError)
@@ -177,10 +195,7 @@ def load_image_page(
     PageError for one frame of a multi-page TIFF, whose other pages may still be fine.
     """
     with _open(path, fmt) as image:
-        try:
-            frames = _page_frames(image)
-        except Exception as err:
-            raise _decode_error(err, fmt, DocumentError) from err
+        frames = _frames_or_fail(image, fmt)
         kind: type[InputError] = PageError if len(frames) > 1 else DocumentError
         if not 0 <= page_index < len(frames):
             raise PageError(
