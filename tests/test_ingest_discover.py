@@ -120,7 +120,11 @@ def test_broken_links_are_listed_so_they_fail_visibly(tmp_path: Path) -> None:
 def test_fifos_are_skipped_because_reading_one_would_hang(tmp_path: Path) -> None:
     _touch(tmp_path, "a.pdf")
     os.mkfifo(tmp_path / "pipe.pdf")
-    assert _relpaths(tmp_path) == ["a.pdf"]
+    # Listed as skipped so it is accounted for, never opened (that would block: no writer).
+    assert [(source.relpath, source.skipped) for source in discover([tmp_path])] == [
+        ("a.pdf", None),
+        ("pipe.pdf", "not a regular file (a FIFO); left out"),
+    ]
 
 
 def test_non_utf8_names_are_kept_as_surrogate_escaped_text(tmp_path: Path) -> None:

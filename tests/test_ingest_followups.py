@@ -3,15 +3,57 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pipeline.errors import DocumentError
+from pipeline.errors import DocumentError, ExitCode
 from pipeline.ingest.documents import IngestSettings, probe_document
 
 SETTINGS = IngestSettings(dpi=36)
+REPO = Path(__file__).resolve().parents[1]
+RUN_OPTIONS = ["--device", "cpu", "--workers", "1", "--max-new-tokens", "8", "--dpi", "72"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifos_and_devices_among_the_inputs_are_reported_as_skipped(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """They were left out without a word; now each is named, with why, and never opened."""
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    Image.new("RGB", (60, 40), "white").save(inputs / "ok.png")
+    os.mkfifo(inputs / "pipe.png")
+    (inputs / "zero.tif").symlink_to("/dev/zero")
+    out = tmp_path / "out"
+    result = _cli(
+        "run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir), *RUN_OPTIONS,
+        "--detector", "none",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "Traceback" not in result.stderr
+    expected = [
+        "skipped pipe.png: not a regular file (a FIFO); left out",
+        "skipped zero.tif: not a regular file (a character device); left out",
+    ]
+    lines = result.stderr.splitlines()
+    for line in expected:
+        assert line in lines, result.stderr
+        assert f"WARNING {line}\n" in (out / "run.log").read_text()
+    status = _cli("status", str(out))
+    for name, kind in (("pipe.png", "a FIFO"), ("zero.tif", "a character device")):
+        assert any(name in row and kind in row for row in status.stdout.splitlines()), status.stdout
 
 
 def _three_page_tiff() -> bytes:

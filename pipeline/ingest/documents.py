@@ -37,6 +37,7 @@ from pipeline.jobs.records import printable
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+NOT_REGULAR = "not a regular file"  # how a skipped FIFO, socket or device's reason starts
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class SourceFile:
     """One input file: `relpath` (posix) is where its outputs go, mirroring the input tree.
 
     `skipped` says why a file that is not a page (by name and content, or by `--include`/
-    `--exclude`) is only listed; None for a page file.
+    `--exclude`, or a FIFO, socket or device) is only listed; None for a page file.
     """
 
     path: Path
@@ -92,8 +93,8 @@ def discover(
 ) -> Iterator[SourceFile]:
     """Every regular file under `inputs`, depth-first in sorted name order, for a stable run.
 
-    Hidden entries (dot-names) inside folders are skipped, as are FIFOs and devices (reading
-    one would hang), symlinks that lead back to a folder being walked, `out_dir` and any other
+    Hidden entries (dot-names) inside folders are skipped; FIFOs, sockets and devices are listed
+    as skipped and never opened (reading one would hang); symlinks that lead back to a folder being walked, `out_dir` and any other
     folder holding a job store (our own outputs are never inputs). A broken symlink is listed
     so that it fails visibly as a document instead of vanishing. Files that are not pages, or
     that `selection` leaves out, are listed with `skipped` set. Missing inputs are reported
@@ -130,12 +131,14 @@ class _Walk:
                 for path, rel in self._walk_dir(root, (), set()):
                     relpath = "/".join((prefix, *rel) if prefix else rel)
                     yield self._source(path, "/".join(rel), relpath)
-            elif _is_listable_file(root):
+            elif _is_listable_file(root) or special_file_kind(root):
                 yield self._source(root, root.name, prefix or root.name)
 
     def _source(self, path: Path, rel: str, relpath: str) -> SourceFile:
         if not self.selection.selects(rel):
             return SourceFile(path, relpath, "left out by --include/--exclude")
+        if kind := special_file_kind(path):  # listed, never opened: reading one would hang
+            return SourceFile(path, relpath, f"{NOT_REGULAR} ({kind}); left out")
         return SourceFile(path, relpath, skip_reason(path))
 
     def _walk_dir(
@@ -161,7 +164,7 @@ class _Walk:
             path = folder / name
             if path.is_dir():
                 yield from self._walk_dir(path, (*rel, name), ancestors)
-            elif _is_listable_file(path):
+            elif _is_listable_file(path) or special_file_kind(path):
                 yield path, (*rel, name)
 
 
@@ -200,6 +203,30 @@ def _qualified(root: Path, others: list[Path]) -> str:
         if all([p.casefold() for p in other.parent.parts[1:][-k:]] != tail for other in others):
             return "~".join((root.name, *parents[-k:]))
     return root.name  # no parent tells them apart: the collision check hashes it
+
+
+def special_file_kind(path: Path) -> str | None:
+    """'a FIFO', 'a socket' or 'a ... device' for what must never be opened, else None.
+
+    Such inputs are listed as skipped (with this kind) so that every input given is accounted
+    for; opening one would hang (a FIFO with no writer) or never end (/dev/zero).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return kind
+    return None
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def _is_listable_file(path: Path) -> bool:

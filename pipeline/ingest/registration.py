@@ -11,6 +11,7 @@ recorded as skipped; documents whose file is gone as "source removed" (outputs k
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +19,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pipeline.errors import NothingToDo
-from pipeline.ingest.documents import DocumentInfo, IngestSettings, SourceFile, discover
+from pipeline.ingest.documents import (
+    NOT_REGULAR,
+    DocumentInfo,
+    IngestSettings,
+    SourceFile,
+    discover,
+)
 from pipeline.ingest.images import open_error
 from pipeline.ingest.page_loading import LoadFailure, probe
 from pipeline.ingest.selection import InputFilter
@@ -112,7 +119,9 @@ class DocumentRegistrar:
         """Record skipped files and removed sources; `--prune` forgets the removed."""
         self.store.replace_skipped(skipped)
         for relpath, _, reason in skipped:
-            log.info("skipped %s: %s", printable(relpath), reason)
+            # A FIFO or device among the inputs is a surprise worth a line on the terminal.
+            level = logging.WARNING if reason.startswith(NOT_REGULAR) else logging.INFO
+            log.log(level, "skipped %s: %s", printable(relpath), reason)
         if skipped:
             log.info(
                 "%d file(s) skipped: not pages (`anandasky-batch status OUT` lists them)",
