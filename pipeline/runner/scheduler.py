@@ -95,6 +95,18 @@ class Scheduler:
                 continue  # its file was registered again since; its new pages are queued
             if isinstance(result, SourceChanged):
                 self.changes.handle(task, pending)
+            elif isinstance(result, LoadFailure) and result.retry and self.stop.stopping:
+                # Not the file's fault, and a loader dying now is most likely a casualty of the
+                # stop (a job-wide SIGTERM reaching it while it started): no attempt is charged.
+                # Pages being loaded are not claimed yet (`_dispatch` claims them), so the page
+                # is still pending in the store for the next run.
+                log.info(
+                    "%s page %d: %s; the run is stopping, so no attempt is counted",
+                    printable(task.relpath),
+                    task.page_index + 1,
+                    result.message,
+                )
+                pending.give_back(task)
             elif isinstance(result, LoadFailure):
                 log.warning(
                     "%s page %d: %s", printable(task.relpath), task.page_index + 1, result.message
