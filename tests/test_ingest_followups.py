@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pipeline.errors import DocumentError, ExitCode
-from pipeline.ingest.documents import IngestSettings, probe_document
+from pipeline.ingest.documents import IngestSettings, load_page, probe_document
 
 SETTINGS = IngestSettings(dpi=36)
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +74,40 @@ def test_tiff_cut_after_its_first_page_says_it_is_truncated_after_it(tmp_path: P
     assert caught.value.reason == "truncated image"
     assert "after its first page" in caught.value.detail
     assert "copy it again" in caught.value.detail
+
+
+def _png_with_huge_text(size: tuple[int, int], text_after_pixels: bool) -> bytes:
+    """A PNG whose zTXt chunk inflates to 2 MiB, over Pillow's 1 MiB MAX_TEXT_CHUNK."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    data = b"comment\0\0" + zlib.compress(b"x" * (2 << 20))
+    ztxt = (
+        struct.pack(">I", len(data))
+        + b"zTXt"
+        + data
+        + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    )
+    at = len(png) - 12 if text_after_pixels else 33  # before IEND, or right after IHDR
+    return png[:at] + ztxt + png[at:]
+
+
+@pytest.mark.parametrize("text_after_pixels", [False, True], ids=["before", "after"])
+def test_png_with_text_over_pillows_limit_reads_its_pixels(
+    tmp_path: Path, text_after_pixels: bool
+) -> None:
+    """Pillow refuses the text chunk (a text bomb guard); the pixels are fine and are read."""
+    path = tmp_path / "annotated.png"
+    path.write_bytes(_png_with_huge_text((50, 40), text_after_pixels))
+    assert probe_document(path, SETTINGS).page_count == 1
+    page = load_page(path, 0, SETTINGS)
+    assert page.size == (50, 40)
+    assert page.getpixel((25, 20)) == (10, 120, 200)
+
+
+def test_png_with_huge_text_still_meets_the_pixel_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_with_huge_text((100, 100), text_after_pixels=False))
+    with pytest.raises(DocumentError) as caught:
+        probe_document(path, IngestSettings(dpi=36, max_image_pixels=5000))
+    assert caught.value.reason.startswith("too large")

@@ -91,7 +91,7 @@ def _own_pixel_limit() -> Iterator[None]:
 
 
 @contextmanager
-def _open(path: Path, fmt: str) -> Iterator[Image.ImageFile.ImageFile]:
+def _open(path: Path, fmt: str, strip_text: bool = False) -> Iterator[Image.ImageFile.ImageFile]:
     """Open the header only, as the format the bytes say, and map failures to DocumentError.
 
     Pillow gets a file object, not the path: from a path it memory-maps uncompressed TIFFs, and
@@ -103,7 +103,7 @@ def _open(path: Path, fmt: str) -> Iterator[Image.ImageFile.ImageFile]:
         raise open_error(err) from err
     with file, _own_pixel_limit():
         try:
-            image = Image.open(file, formats=[fmt])
+            image = _open_image(file, fmt, strip_text)
         except Image.UnidentifiedImageError as err:
             raise DocumentError(
                 "corrupt image", f"its {fmt} header cannot be parsed; export or scan it again"
@@ -112,6 +112,51 @@ def _open(path: Path, fmt: str) -> Iterator[Image.ImageFile.ImageFile]:
             raise _decode_error(err, fmt, DocumentError) from err
         with image:
             yield image
+
+
+def _open_image(file: io.BufferedReader, fmt: str, strip_text: bool) -> Image.ImageFile.ImageFile:
+    """Image.open, reading a PNG without its text chunks when they are over Pillow's limit."""
+    if strip_text:
+        return Image.open(_png_without_text(file), formats=[fmt])
+    try:
+        return Image.open(file, formats=[fmt])
+    except ValueError as err:
+        if not _text_limit_hit(err, fmt):
+            raise
+    return Image.open(_png_without_text(file), formats=[fmt])
+
+
+class _PngTextTooLarge(Exception):
+    """A PNG text chunk after the pixels is over Pillow's limit: read the page without text."""
+
+
+def _text_limit_hit(err: Exception, fmt: str) -> bool:
+    """Pillow refuses PNG text chunks over MAX_TEXT_CHUNK / MAX_TEXT_MEMORY (text bombs)."""
+    return fmt == "PNG" and isinstance(err, ValueError) and "MAX_TEXT_" in str(err)
+
+
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def _png_without_text(file: io.BufferedReader) -> io.BytesIO:
+    """The PNG's bytes with its text chunks left out, never decompressed.
+
+    Text (comments, XMP, generator notes) never changes the pixels; skipping it keeps Pillow's
+    protection against text bombs intact instead of raising its limits. The pixel limit still
+    applies to what is left. The copy is the compressed file, read only on this rare path.
+    """
+    file.seek(0)
+    kept = io.BytesIO(file.read(8))
+    kept.seek(0, io.SEEK_END)
+    while len(header := file.read(8)) == 8:
+        length = int.from_bytes(header[:4], "big")
+        if header[4:] in _PNG_TEXT_CHUNKS:
+            file.seek(length + 4, io.SEEK_CUR)  # data and CRC
+            continue
+        kept.write(header + file.read(length + 4))
+    kept.write(header)
+    kept.seek(0)
+    return kept
 
 
 def _decode_error(err: Exception, fmt: str, kind: type[InputError]) -> InputError:
@@ -194,7 +239,21 @@ def load_image_page(
     A failure is a DocumentError when the file is a single page (the document is the page) and a
     PageError for one frame of a multi-page TIFF, whose other pages may still be fine.
     """
-    with _open(path, fmt) as image:
+    try:
+        return _load_page(path, fmt, page_index, pixel_limit, max_pixels, strip_text=False)
+    except _PngTextTooLarge:
+        return _load_page(path, fmt, page_index, pixel_limit, max_pixels, strip_text=True)
+
+
+def _load_page(
+    path: Path,
+    fmt: str,
+    page_index: int,
+    pixel_limit: int,
+    max_pixels: int | None,
+    strip_text: bool,
+) -> Image.Image:
+    with _open(path, fmt, strip_text) as image:
         frames = _frames_or_fail(image, fmt)
         kind: type[InputError] = PageError if len(frames) > 1 else DocumentError
         if not 0 <= page_index < len(frames):
@@ -220,6 +279,8 @@ def load_image_page(
             width, height = image.size
             raise MemoryError(f"not enough memory to decode {width}x{height} px") from err
         except Exception as err:
+            if not strip_text and _text_limit_hit(err, fmt):
+                raise _PngTextTooLarge from err
             raise _decode_error(err, fmt, kind) from err
     if page.size != full_size and page.size[::-1] == full_size:
         full_size = page.size  # Pillow turned a TIFF upright while loading
