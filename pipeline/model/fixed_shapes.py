@@ -153,10 +153,16 @@ class KeptStep:
         if self.step is not None and self.step.fits(slots, positions, device, dtype):
             return self.step
         self.step = None  # let the old cache go before the new one is allocated
-        dec = decoder
-        size = max(positions, min(-(-positions // KEY_BUCKET) * KEY_BUCKET, dec.max_positions))
+        size = max(positions, key_bucket(positions, decoder.max_positions))
         cache = SlotCache(
-            dec.num_layers, slots, dec.num_kv_heads, dec.head_dim, size, size, device, dtype
+            decoder.num_layers,
+            slots,
+            decoder.num_kv_heads,
+            decoder.head_dim,
+            size,
+            size,
+            device,
+            dtype,
         )
         self.step = FixedShapeStep(decoder, cache)
         return self.step
