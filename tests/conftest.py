@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,24 @@ GOOD_PAGES = {  # relpath under the input folder -> page count
     "vertical/jp_vert.jpg": 1,
     "vertical/ndl_3508165_9.jpg": 1,
 }
+
+
+# Read-only media and full disks are real file systems in the tests: a small tmpfs mounted for
+# the test, which needs root (CI runs as root).
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a small or read-only file system needs root"
+)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` (tmpfs notation: "1m") mounted at `where`, unmounted after."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import mounted_tmpfs, needs_root
 from test_run_end_to_end import (
     assert_complete_outputs,
     cli,
@@ -27,9 +28,6 @@ from test_run_end_to_end import (
 from pipeline.errors import ExitCode
 
 pytestmark = pytest.mark.slow
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="mounting a small or read-only file system needs root"
-)
 PAGES = {"scan.pdf": 6, "a.jpg": 1, "b.jpg": 1}
 
 
@@ -46,11 +44,8 @@ def inputs(tmp_path, testdata) -> Path:
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 8 MiB file system, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount
 
 
 def fill(folder: Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import export_fixture
 import pytest
-from conftest import assert_valid_xml
+from conftest import assert_valid_xml, mounted_tmpfs, needs_root
 from test_run_end_to_end import cli
 
 from pipeline.errors import ExitCode
@@ -26,19 +26,12 @@ from pipeline.evaluate.readers import read_pages
 # The OUT folder's fixtures (export_fixture.py): a real job store and real page outputs.
 run, out = export_fixture.run, export_fixture.out
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="mounting a small or read-only file system needs root"
-)
-
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MiB file system, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
+        yield mount
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -91,20 +84,16 @@ def test_export_onto_a_full_disk_exits_5_and_finishes_once_there_is_space(out, s
 # ---- verify: arguments checked before the two model loads --------------------------------------
 
 
+def verify(model: Path, images: Path, report: Path) -> subprocess.CompletedProcess:
+    """`verify` on the CPU with one image (or folder) and a report path."""
+    args = ("--model", str(model), "--device", "cpu", "--images", str(images), "--out", str(report))
+    return cli("verify", *args)
+
+
 @pytest.mark.parametrize("given", ["folder", "missing"])
 def test_verify_refuses_a_bad_image_before_loading_any_model(tiny_model_dir, tmp_path, given):
     image = tmp_path if given == "folder" else tmp_path / "nope.jpg"
-    result = cli(
-        "verify",
-        "--model",
-        str(tiny_model_dir),
-        "--device",
-        "cpu",
-        "--images",
-        str(image),
-        "--out",
-        str(tmp_path / "r.json"),
-    )
+    result = verify(tiny_model_dir, image, tmp_path / "r.json")
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
     expected = f"--images {image} is a folder" if given == "folder" else f"image not found: {image}"
     assert expected in one_error_line(result)
@@ -116,17 +105,7 @@ def test_verify_report_that_cannot_be_written_is_refused_before_the_check(
 ):
     (tmp_path / "file").write_text("x")
     report = tmp_path / "file" / "r.json"
-    result = cli(
-        "verify",
-        "--model",
-        str(tiny_model_dir),
-        "--device",
-        "cpu",
-        "--images",
-        str(testdata / "pages/handwriting/btv1b84473026_f10.jpg"),
-        "--out",
-        str(report),
-    )
+    result = verify(tiny_model_dir, testdata / "pages/handwriting/btv1b84473026_f10.jpg", report)
     assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
     assert f"--out {report}" in one_error_line(result)
     assert "loading" not in result.stderr

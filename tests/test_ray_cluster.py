@@ -26,6 +26,7 @@ import pytest
 from test_run_end_to_end import (
     GOOD_PAGES,
     assert_complete_outputs,
+    attempts,
     cli,
     comparable,
     run_args,
@@ -88,14 +89,19 @@ def local_run(tmp_path_factory, pages, tiny_model_dir) -> dict[str, bytes]:
     return comparable(assert_complete_outputs(out, GOOD_PAGES))
 
 
+def faulty_node(cluster, fault: str, **node_args):
+    """FAULT INJECTION: a node added with ANANDASKY_TEST_FAULT=`fault` in its environment (its
+    processes inherit it; the test process and the other nodes do not keep it)."""
+    os.environ["ANANDASKY_TEST_FAULT"] = fault
+    try:
+        return cluster.add_node(**cluster.common_args, **node_args)
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
+
+
 def ray_args(pages, out, model, cluster, resource="NPU", *extra) -> list[str]:
     ray = ("--ray", cluster.address, "--ray-resource", resource, "--quiet")
     return run_args(pages, out, model, *ray, *extra)
-
-
-def attempts(out: Path) -> list[int]:
-    with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db:
-        return [row[0] for row in db.execute("SELECT attempts FROM pages")]
 
 
 def test_cluster_run_equals_a_local_run_and_each_actor_holds_its_own_npu(
@@ -129,7 +135,7 @@ def test_cluster_run_equals_a_local_run_and_each_actor_holds_its_own_npu(
     assert {d["device"] for d in status["devices"]} <= {label for label, *_ in ready}
     assert sum(n["pages"] for n in status["nodes"]) == sum(GOOD_PAGES.values())
     assert {n["node"] for n in status["nodes"]} <= set(per_node)
-    assert max(attempts(out)) == 0
+    assert max(attempts(out).values()) == 0
 
 
 def test_driver_killed_with_kill_9_then_rerun_resumes_to_the_same_output(
@@ -167,11 +173,7 @@ def test_node_lost_mid_run_gives_its_pages_back_uncharged_and_a_joining_node_fin
     its environment), so it certainly holds pages when it is removed; a node that joins
     mid-run gets an actor and does the rest."""
     out = tmp_path / "out"
-    os.environ["ANANDASKY_TEST_FAULT"] = "batch:hang"
-    try:
-        doomed = cluster.add_node(**cluster.common_args, resources={"LOSSY": 1})
-    finally:
-        del os.environ["ANANDASKY_TEST_FAULT"]
+    doomed = faulty_node(cluster, "batch:hang", resources={"LOSSY": 1})
     process = start_cli(*ray_args(pages, out, tiny_model_dir, cluster, "LOSSY"))
     try:
         deadline = time.monotonic() + 180
@@ -191,7 +193,7 @@ def test_node_lost_mid_run_gives_its_pages_back_uncharged_and_a_joining_node_fin
     lost = re.findall(rf"worker \S+#{doomed.node_id[:6]}/\S+ lost: .*; (\d+) page\(s\)", log)
     assert lost and int(lost[0]) > 0, log
     assert f"#{joined.node_id[:6]}/cpu:0 ready" in log  # it joined mid-run and got an actor
-    assert max(attempts(out)) == 0  # the lost pages were not charged
+    assert max(attempts(out).values()) == 0  # the lost pages were not charged
     cluster.remove_node(joined)
 
 
@@ -202,11 +204,7 @@ def test_actor_killed_on_a_live_node_is_replaced_and_its_pages_are_not_charged(
     certainly holds pages when it is killed with SIGKILL; its replacement on the same node
     does every page."""
     out, hung = tmp_path / "out", tmp_path / "hung-once"
-    os.environ["ANANDASKY_TEST_FAULT"] = f"batch:hang:{hung}"
-    try:
-        node = cluster.add_node(**cluster.common_args, resources={"SOLO": 1})
-    finally:
-        del os.environ["ANANDASKY_TEST_FAULT"]
+    node = faulty_node(cluster, f"batch:hang:{hung}", resources={"SOLO": 1})
     process = start_cli(*ray_args(pages, out, tiny_model_dir, cluster, "SOLO"))
     try:
         deadline = time.monotonic() + 180
@@ -226,7 +224,7 @@ def test_actor_killed_on_a_live_node_is_replaced_and_its_pages_are_not_charged(
     log = (out / "run.log").read_text()
     assert re.search(r"worker \S+ lost: \w+; [1-9]\d* page\(s\) in flight", log), log
     assert len(re.findall(r"actor \S+ placed", log)) == 2  # the first one and its replacement
-    assert max(attempts(out)) == 0
+    assert max(attempts(out).values()) == 0
 
 
 def test_a_page_that_keeps_crashing_actors_fails_alone_and_the_run_finishes(
@@ -242,11 +240,7 @@ def test_a_page_that_keeps_crashing_actors_fails_alone_and_the_run_finishes(
     inputs, out = tmp_path / "in", tmp_path / "out"
     shutil.copytree(pages, inputs, symlinks=True)
     Image.new("RGB", (97, 61), "white").save(inputs / "poison.png")
-    os.environ["ANANDASKY_TEST_FAULT"] = "page:exit-97x61"
-    try:
-        node = cluster.add_node(**cluster.common_args, resources={"CRASHY": 1})
-    finally:
-        del os.environ["ANANDASKY_TEST_FAULT"]
+    node = faulty_node(cluster, "page:exit-97x61", resources={"CRASHY": 1})
     try:
         args = ray_args(inputs, out, tiny_model_dir, cluster, "CRASHY", "--max-attempts", "2")
         result = cli(*args)
@@ -267,11 +261,7 @@ def test_a_node_that_cannot_load_the_model_is_left_out_and_the_others_finish(
     """FAULT INJECTION (load:error in one node's environment): that node's actor cannot load
     the model, as on a server missing its driver; the run goes on with the other node's actor
     and ends as a local run does. With only the broken node, the run stops with the error."""
-    os.environ["ANANDASKY_TEST_FAULT"] = "load:error"
-    try:
-        broken = cluster.add_node(**cluster.common_args, resources={"HALF": 1})
-    finally:
-        del os.environ["ANANDASKY_TEST_FAULT"]
+    broken = faulty_node(cluster, "load:error", resources={"HALF": 1})
     try:
         alone = cli(*ray_args(pages, tmp_path / "alone", tiny_model_dir, cluster, "HALF"))
         healthy = cluster.add_node(**cluster.common_args, resources={"HALF": 1})
@@ -318,11 +308,7 @@ def test_a_node_that_does_not_see_the_inputs_hands_its_pages_to_the_head(
     """FAULT INJECTION (node:blind in one node's environment): that node's load tasks find no
     input file, as on a server without the share; the head loads those pages and the outputs
     are those of a local run."""
-    os.environ["ANANDASKY_TEST_FAULT"] = "node:blind"
-    try:
-        blind = cluster.add_node(**cluster.common_args)  # CPUs only: load tasks, no actor
-    finally:
-        del os.environ["ANANDASKY_TEST_FAULT"]
+    blind = faulty_node(cluster, "node:blind")  # CPUs only: load tasks, no actor
     out = tmp_path / "out"
     try:
         args = ray_args(pages, out, tiny_model_dir, cluster, "NPU", "--ray-loading", "nodes")

@@ -5,23 +5,21 @@ and a rerun completes. Real CLI processes, real SQLite, the tiny checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 import pytest
 from conftest import GOOD_PAGES
 from test_run_end_to_end import (
     assert_complete_outputs,
+    attempts,
     cli,
     comparable,
     run_args,
@@ -45,12 +43,6 @@ def reference(tmp_path_factory, good_input, tiny_model_dir) -> dict[str, bytes]:
     result = cli(*run_args(good_input, out, tiny_model_dir, *LONG_PAGES))
     assert result.returncode == ExitCode.OK, result.stderr
     return assert_complete_outputs(out, GOOD_PAGES)
-
-
-def attempts(out: Path) -> dict[int, int]:
-    """Every page's attempts column, read from the job store itself."""
-    with contextlib.closing(sqlite3.connect(out / ".anandasky" / "jobs.sqlite")) as db:
-        return dict(db.execute("SELECT id, attempts FROM pages").fetchall())
 
 
 def stop_with_sigterm(tmp_path, good_input, tiny_model_dir, *, whole_group: bool):
@@ -98,18 +90,19 @@ def test_sigterm_to_the_whole_group_charges_no_page_and_the_rerun_completes(
 
 
 @pytest.mark.slow
-def test_a_second_sigterm_stops_at_once_and_the_run_stays_resumable(
-    tmp_path, good_input, tiny_model_dir
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_second_stop_signal_stops_at_once_and_the_run_stays_resumable(
+    tmp_path, good_input, tiny_model_dir, signum
 ):
     out = tmp_path / "out"
-    # Long pages, so a batch takes seconds to compute: the second SIGTERM must not wait for it.
+    # Long pages, so a batch takes seconds to compute: the second signal must not wait for it.
     long_pages = ("--quiet", "--max-new-tokens", "2500", "--no-repetition-guard")
     process = start_cli(*run_args(good_input, out, tiny_model_dir, *long_pages))
     wait_for_done(out, process, 1)
     batch_started = time.monotonic()
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signum)
     time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signum)
     stdout, stderr = process.communicate(timeout=120)
     stopped_after = time.monotonic() - batch_started
     assert process.returncode == ExitCode.INTERRUPTED, stderr
@@ -121,6 +114,7 @@ def test_a_second_sigterm_stops_at_once_and_the_run_stays_resumable(
     # Faster than the batch it abandoned took to compute the first time.
     assert stopped_after < max(done_s)
     assert totals.get("running", 0) == 0 and totals.get("failed", 0) == 0
+    assert totals.get("done", 0) < sum(GOOD_PAGES.values())
     assert set(attempts(out).values()) == {0}
     finish = cli(*run_args(good_input, out, tiny_model_dir, *long_pages))
     assert finish.returncode == ExitCode.OK, finish.stderr
