@@ -20,6 +20,9 @@ from cli_options import (
     PdfPasswordOption,
     QuietOption,
     Rasterizer,
+    RayLoadingOption,
+    RayOption,
+    RayResourceOption,
     TestSize,
     checked_image,
     checked_model_folder,
@@ -85,6 +88,13 @@ def run(
     token_budget: Annotated[
         int | None, typer.Option(help="KV-cache positions all rows together may hold.")
     ] = None,
+    decode_graphs: Annotated[
+        bool,
+        typer.Option(
+            help="Decode at fixed shapes captured as CUDA / NPU graphs (native model; "
+            "experimental, not yet measured on a device; on CPU the same shapes run slower)."
+        ),
+    ] = False,
     max_attempts: Annotated[
         int, typer.Option(help="Tries per page before it is marked failed.")
     ] = 3,
@@ -115,27 +125,9 @@ def run(
             help="If OUT's job store is damaged, keep it aside and rebuild it (pages are redone)."
         ),
     ] = False,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            help="Run on a Ray cluster: auto (the one running here), local (start one), or "
-            "HOST:PORT; one model actor per device of every node (docs/CLUSTER.md)."
-        ),
-    ] = None,
-    ray_resource: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray resource each model actor requests, one unit (default: NPU for --device "
-            "npu, GPU for cuda, CPU for cpu)."
-        ),
-    ] = None,
-    ray_loading: Annotated[
-        str,
-        typer.Option(
-            help="Where a Ray run loads pages: head (this machine's --loaders) or nodes (Ray "
-            "tasks on every node's CPUs; the inputs must be at the same path on every node)."
-        ),
-    ] = "head",
+    ray: RayOption = None,
+    ray_resource: RayResourceOption = None,
+    ray_loading: RayLoadingOption = "head",
     include: Annotated[
         list[str] | None,
         typer.Option(
@@ -192,6 +184,7 @@ def run(
         batch_size=batch_size,
         max_batch=max_batch,
         token_budget=token_budget,
+        decode_graphs=decode_graphs,
         max_attempts=max_attempts,
         batch_timeout=batch_timeout,
         formats=split_list(formats),

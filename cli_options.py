@@ -59,6 +59,27 @@ ImplOption = Annotated[Impl, typer.Option(help="Model implementation. " + REMOTE
 PdfPasswordOption = Annotated[
     str | None, typer.Option(help="Password for encrypted PDFs (never stored).")
 ]
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run on a Ray cluster: auto (the one running here), local (start one), or "
+        "HOST:PORT; one model actor per device of every node (docs/CLUSTER.md)."
+    ),
+]
+RayResourceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray resource each model actor requests, one unit (default: NPU for --device "
+        "npu, GPU for cuda, CPU for cpu)."
+    ),
+]
+RayLoadingOption = Annotated[
+    str,
+    typer.Option(
+        help="Where a Ray run loads pages: head (this machine's --loaders) or nodes (Ray "
+        "tasks on every node's CPUs; the inputs must be at the same path on every node)."
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 
 

@@ -98,12 +98,14 @@ def load_recognizer(
     device: str = "auto",
     dtype: str | None = None,
     impl: str = "native",
+    decode_graphs: bool = False,
 ) -> PageRecognizer:
     """Load a local weights folder onto one device. Never reaches for a model hub.
 
     `impl`: native (this package's model), remote (the folder's own trust_remote_code model,
     under the flash-attn compatibility layer), or auto (native when the tensors match the
-    native layout exactly, else remote).
+    native layout exactly, else remote). `decode_graphs` (`--decode-graphs`, native only):
+    decode at fixed shapes, captured as CUDA / NPU graphs.
     """
     if impl not in IMPLEMENTATIONS:
         raise BadArguments(f"unknown --impl {impl!r}; use one of {', '.join(IMPLEMENTATIONS)}")
@@ -114,12 +116,17 @@ def load_recognizer(
     import pipeline.model.devices  # noqa: F401
 
     if impl == "remote":
+        if decode_graphs:
+            raise BadArguments(
+                f"--decode-graphs needs the native model; {model_dir} runs its own (remote) "
+                "code: leave out --decode-graphs"
+            )
         from pipeline.compat.remote import load_remote_recognizer
 
         return load_remote_recognizer(model_dir, device, dtype)
     from pipeline.model.recognizer import load_native_recognizer
 
-    return load_native_recognizer(model_dir, device, dtype)
+    return load_native_recognizer(model_dir, device, dtype, fixed_shapes=decode_graphs)
 
 
 def page_pixel_budget(model_dir: str | Path, impl: str) -> int | None:

@@ -367,6 +367,34 @@ def test_continuous_batching_with_few_rows_gives_the_same_outputs(
     assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == comparable(reference_run)
 
 
+def test_decode_graphs_run_at_fixed_shapes_and_give_the_same_outputs(
+    tmp_path, good_input, tiny_model_dir, reference_run
+):
+    """--decode-graphs: the workers decode at bucketed shapes over a cache allocated whole (on
+    this CPU eagerly; a GPU captures the same steps as graphs). Two rows refilled as pages
+    finish, so the buckets change mid-batch; every file equals whole-batch eager decoding."""
+    out = tmp_path / "out"
+    args = ("--workers", "2", "--batch-size", "6", "--max-batch", "2", "--decode-graphs")
+    result = cli(*run_args(good_input, out, tiny_model_dir, *args, "--quiet"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == comparable(reference_run)
+    log = (out / "run.log").read_text()
+    modes = re.findall(r"worker cpu:\d ready on .*; decode: (.*)", log)
+    assert modes == ["fixed shapes, eager (no device graphs on cpu)"] * 2, log
+
+
+def test_decode_graphs_with_the_remote_code_model_is_refused_before_any_work(
+    tmp_path, good_input, tiny_model_dir
+):
+    out = tmp_path / "out"
+    args = ("--impl", "remote", "--decode-graphs")
+    result = cli(*run_args(good_input, out, tiny_model_dir, *args))
+    assert result.returncode == ExitCode.BAD_ARGUMENTS
+    assert "--decode-graphs needs the native model" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_a_token_budget_no_page_fits_stops_the_run_with_exit_2_and_pages_pending(
     tmp_path, tiny_model_dir, testdata
 ):

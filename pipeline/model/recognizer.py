@@ -51,6 +51,7 @@ class Recognizer:
         model_dir: Path,
         device: torch.device,
         dtype: torch.dtype,
+        fixed_shapes: bool = False,
     ) -> None:
         self.model = model
         self.config: AnandaSkyConfig = model.config
@@ -60,7 +61,9 @@ class Recognizer:
         self.torch_device = device
         self.torch_dtype = dtype
         self.engine = GenerationEngine(
-            NativeDecoder(model.language_model), self.config.special_tokens.stop_ids
+            NativeDecoder(model.language_model),
+            self.config.special_tokens.stop_ids,
+            fixed_shapes=fixed_shapes,
         )
 
     # ---- facts other stages read ------------------------------------------------------------
@@ -202,9 +205,15 @@ class Recognizer:
 
 
 def load_native_recognizer(
-    model_dir: str | Path, device: str = "auto", dtype: str | None = None
+    model_dir: str | Path,
+    device: str = "auto",
+    dtype: str | None = None,
+    fixed_shapes: bool = False,
 ) -> Recognizer:
     """Load a local weights folder in the native layout onto one device; never reaches a hub.
+
+    `fixed_shapes`: decode continuous batches at fixed shapes, captured as graphs on a GPU or
+    an NPU (`GenerationEngine`).
 
     Which implementation a folder needs is decided above this package, by
     `pipeline.recognition.load_recognizer`.
@@ -221,4 +230,6 @@ def load_native_recognizer(
     torch_dtype = resolve_dtype(dtype, torch_device)
     activate(torch_device)
     model = load_model(files.root, torch_device, torch_dtype, config=config)
-    return Recognizer(model, tokenizer, files.root, torch_device, torch_dtype)
+    return Recognizer(
+        model, tokenizer, files.root, torch_device, torch_dtype, fixed_shapes=fixed_shapes
+    )

@@ -33,6 +33,7 @@ class WorkerReady:
     visible_devices: str | None  # the pinning variable's value as the worker saw it
     pid: int
     load_s: float
+    decode: str = "eager"  # ModelSession.decode_mode
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,15 @@ def device_worker_main(
         return
     visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
     results.put(
-        WorkerReady(worker_id, slot.label, session.device, visible, os.getpid(), session.load_s)
+        WorkerReady(
+            worker_id,
+            slot.label,
+            session.device,
+            visible,
+            os.getpid(),
+            session.load_s,
+            session.decode_mode,
+        )
     )
 
     def answer(done: JobDone | JobFailed) -> None:

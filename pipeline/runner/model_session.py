@@ -33,6 +33,8 @@ class WorkerOptions:
     # Rows of a worker's never-draining stream when --max-batch is not given: the run's
     # --batch-size pages (x LINE_ROWS_PER_PAGE with --layout lines), see `worker_options`.
     stream_rows: int | None = None
+    # `--decode-graphs`: continuous batches decode at fixed shapes, captured as device graphs.
+    decode_graphs: bool = False
 
 
 class ModelSession:
@@ -53,13 +55,30 @@ class ModelSession:
 
         injected_fault("load")
         recognizer = load_recognizer(
-            options.model_dir, device=torch_device, dtype=options.dtype, impl=options.impl
+            options.model_dir,
+            device=torch_device,
+            dtype=options.dtype,
+            impl=options.impl,
+            decode_graphs=options.decode_graphs,
         )
         return cls(recognizer, options, time.perf_counter() - started)
 
     @property
     def device(self) -> str:
         return str(self.recognizer.device)
+
+    @property
+    def decode_mode(self) -> str:
+        """How decode steps run, for run.log: `--decode-graphs` captures them as graphs only
+        where the device has them (`fixed_shapes.graph_api`); elsewhere they run eagerly."""
+        engine = getattr(self.recognizer, "engine", None)
+        if getattr(engine, "fixed_step", None) is None:
+            return "eager"
+        from pipeline.model.fixed_shapes import graph_api
+
+        if graph_api(self.recognizer.torch_device) is None:
+            return f"fixed shapes, eager (no device graphs on {self.device})"
+        return "fixed shapes, captured as device graphs"
 
     def _rows(self, items: list) -> int | None:
         """Rows decoded at once: `--max-batch` when given; for a batch holding line crops,

@@ -62,6 +62,9 @@ class RunSettings:
     # KV-cache positions all rows may hold; None: every page of a batch at once.
     max_batch: int | None = None
     token_budget: int | None = None
+    # Decode at fixed shapes captured as CUDA / NPU graphs (native model only). Not in the
+    # fingerprint, like max_batch: it changes how rows share a step, not the computation.
+    decode_graphs: bool = False
     max_attempts: int = 3
     batch_timeout: float = 0  # 0: derived from the token budget (`batch_timeout_s`)
     formats: tuple[str, ...] = OUTPUT_FORMATS
@@ -108,6 +111,8 @@ class RunSettings:
             raise BadArguments(
                 "--ray-loading nodes loads pages on a Ray cluster's nodes: add --ray"
             )
+        if self.decode_graphs and self.impl == "remote":
+            raise BadArguments("--decode-graphs needs the native model: leave out --impl remote")
         if self.dtype is not None and canonical_dtype(self.dtype) not in DTYPES:
             raise BadArguments(f"--dtype {self.dtype}: use {', '.join(DTYPES)} (or bf16, fp16)")
         _ = self.ingest  # --max-image-pixels (and --dpi, --rasterizer) checked before any work

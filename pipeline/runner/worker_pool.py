@@ -183,12 +183,13 @@ class LocalWorkerPool(WorkerPool):
         if isinstance(message, WorkerReady):
             worker.ready = True
             log.info(
-                "worker %s ready on %s (pid %d, visible devices %s) after %.1f s",
+                "worker %s ready on %s (pid %d, visible devices %s) after %.1f s; decode: %s",
                 message.label,
                 message.device,
                 message.pid,
                 message.visible_devices if message.visible_devices is not None else "-",
                 message.load_s,
+                message.decode,
             )
             yield WorkerUp(message.label, message.load_s, visible_devices=message.visible_devices)
         elif isinstance(message, WorkerFailed):
@@ -256,4 +257,5 @@ def worker_options(settings: RunSettings, slots: list[WorkerSlot], prompt: str) 
         max_batch=settings.max_batch,
         token_budget=settings.token_budget,
         stream_rows=settings.batch_size * (LINE_ROWS_PER_PAGE if settings.layout == "lines" else 1),
+        decode_graphs=settings.decode_graphs,
     )
