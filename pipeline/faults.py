@@ -10,7 +10,9 @@ import os
 # Test-only fault injection, read in one place. ANANDASKY_TEST_FAULT=<point>:<fault>[:<marker>]
 # makes a child process misbehave at <point>: "load" (a device worker loading the model),
 # "batch" (a device worker starting a batch), "page" (a device worker taking a batch's pages)
-# or "decode" (a page loader decoding a page).
+# or "decode" (a page loader decoding a page), or "node" (every Ray process of a node: "blind",
+# its page-loading tasks see no input file; "no-model", its actors treat the model folder as
+# absent, so the driver ships it).
 # <fault>: "hang" sleeps for an hour, "memory" raises MemoryError, "error" raises
 # RuntimeError; any other word is returned for the caller to act on ("short": the worker
 # answers for one page fewer than it was given; at "page", "exit-WxH": the worker process

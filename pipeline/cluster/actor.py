@@ -19,10 +19,17 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from pipeline.cluster.model_shipping import (
+    ModelIdentity,
+    ModelSource,
+    NeedsModel,
+    ShippedFile,
+    model_here,
+)
 from pipeline.errors import BadArguments
 from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error
 from pipeline.runner.model_session import ModelSession, WorkerOptions
@@ -77,6 +84,7 @@ class ActorPlace:
 class ActorReady:
     device: str
     load_s: float
+    model: ModelSource | None = None  # where the folder came from (in place, cache, shipped)
 
 
 @dataclass(frozen=True)
@@ -118,19 +126,32 @@ class ModelActor:
             os.getpid(),
         )
 
-    def load(self) -> ActorReady | ActorFailed:
+    def load(
+        self,
+        identity: ModelIdentity | None = None,
+        shipped: tuple[ShippedFile, ...] | None = None,
+    ) -> ActorReady | ActorFailed | NeedsModel:
+        """Load the model: from the folder at the driver's path when this node holds it with
+        `identity`'s bytes, else from the node's cache of the files the driver `shipped`
+        (`NeedsModel` asks for them)."""
         from pipeline.errors import AnandaSkyError, ExitCode
 
         if self.device_type == "cpu" and self.resource != "GPU":
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU actor leaves GPUs alone
         torch_device = "cpu" if self.device_type == "cpu" else f"{self.device_type}:0"
+        source = None
         try:
-            self.session = ModelSession.load(self.options, torch_device)
+            if identity is not None:
+                source = model_here(self.options.model_dir, identity, shipped)
+                if isinstance(source, NeedsModel):
+                    return source
+            options = replace(self.options, model_dir=source.folder) if source else self.options
+            self.session = ModelSession.load(options, torch_device)
         except Exception as exc:  # reported to the driver, which stops the run
             code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
             return ActorFailed(describe_error(exc), int(code))
         threading.Thread(target=self._serve, name="job-stream", daemon=True).start()
-        return ActorReady(self.session.device, self.session.load_s)
+        return ActorReady(self.session.device, self.session.load_s, source)
 
     def recognize(self, packed: list) -> tuple:
         """("done", recognitions, infer_s, wait_s) or ("failed", error) for one batch."""

@@ -20,8 +20,10 @@ from typing import Any
 
 from pipeline.cluster.actor import ActorFailed, ActorPlace, ActorReady, ModelActor, pack
 from pipeline.cluster.connect import ClusterNode, ClusterTarget, disconnect, import_ray, live_nodes
+from pipeline.cluster.model_shipping import ModelShipment, NeedsModel
 from pipeline.errors import AnandaSkyError, DevicesLost, ExitCode
 from pipeline.runner.batching import ReadyPage
+from pipeline.runner.job_stream import describe_error
 from pipeline.runner.model_session import WorkerOptions
 from pipeline.runner.pool_events import (
     BatchLost,
@@ -195,6 +197,31 @@ def load_failure(label: str, failed: ActorFailed, *, others_left: bool) -> list[
     return []
 
 
+def ship_model(shipment: ModelShipment, actor: _Actor, why: str) -> Any:
+    """The actor's second `load` call, with the model folder's files (its node lacks them);
+    ActorFailed when the driver could not put them into the object store."""
+    try:
+        files = shipment.files_for(actor.node.node_id, actor.node.ip, why)
+    except Exception as exc:  # the object store full, a file unreadable since the run began
+        message = f"its node {why}; shipping the model folder failed: {describe_error(exc)}"
+        return ActorFailed(message, int(ExitCode.DEVICES_LOST))
+    return actor.handle.load.remote(shipment.identity, files)
+
+
+def worker_up(actor: _Actor, value: ActorReady, shipment: ModelShipment) -> WorkerUp:
+    """An actor's model is loaded: run.log says where, and where its folder came from."""
+    # `events` hands the placement over first, so `place` is known here.
+    visible = actor.place.visible_devices if actor.place else None
+    actor.ready = True
+    shipment.loaded(actor.node.node_id, actor.node.ip, value.model)
+    log.info(
+        "worker %s ready on %s (node %s, visible devices %s) after %.1f s%s",
+        actor.label, value.device, actor.node.ip, visible or "-", value.load_s,
+        f", model folder: {value.model.how}" if value.model else "",
+    )  # fmt: skip
+    return WorkerUp(actor.label, value.load_s, actor.node.ip, visible)
+
+
 class RayWorkerPool(WorkerPool):
     """One model actor per unit of the resource on every live node; see the module doc."""
 
@@ -214,9 +241,11 @@ class RayWorkerPool(WorkerPool):
         self._remote = self.ray.remote(ModelActor)
         self.cost = DriverCost()
         self.crashes = CrashCount()
+        self.shipment = ModelShipment(options.model_dir)
 
     def start(self) -> None:
         self.cost.cpu_at_start = time.process_time()
+        self.shipment.start()
         self._sync_nodes()
 
     def takers(self) -> list[WorkerView]:
@@ -316,7 +345,7 @@ class RayWorkerPool(WorkerPool):
         actor = _Actor(key, node, slot, handle, label, restarts=restarts)
         self.actors[key] = actor
         self.refs[handle.place.remote()] = (key, PLACE)
-        self.refs[handle.load.remote()] = (key, LOAD)
+        self.refs[handle.load.remote(self.shipment.identity)] = (key, LOAD)
         return actor
 
     def _answer(self, ref) -> list[PoolEvent]:
@@ -348,18 +377,16 @@ class RayWorkerPool(WorkerPool):
         actor.place = place
         actor.label = place_label(place, self.target, actor.slot)
 
-    def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed) -> list[PoolEvent]:
+    def _loaded(self, actor: _Actor, value: ActorReady | ActorFailed | NeedsModel):
+        if isinstance(value, NeedsModel):  # its node lacks the model folder: send the files
+            value = ship_model(self.shipment, actor, value.why)
+            if not isinstance(value, ActorFailed):
+                self.refs[value] = (actor.key, LOAD)
+                return []
         if isinstance(value, ActorFailed):  # not restarted: its node's setup is at fault
             self._forget(actor)
             return load_failure(actor.label, value, others_left=bool(self.actors))
-        # `events` hands the placement over first, so `place` is known here.
-        visible = actor.place.visible_devices if actor.place else None
-        actor.ready = True
-        log.info(
-            "worker %s ready on %s (node %s, visible devices %s) after %.1f s",
-            actor.label, value.device, actor.node.ip, visible or "-", value.load_s,
-        )  # fmt: skip
-        return [WorkerUp(actor.label, value.load_s, actor.node.ip, visible)]
+        return [worker_up(actor, value, self.shipment)]
 
     def _check_overdue(self) -> list[PoolEvent]:
         if self.stopping:
