@@ -7,7 +7,8 @@ background) and refuses oversized images from their header, before any pixel is 
 
 Pages: every page of a multi-page TIFF is a page (reduced-resolution copies and transparency
 masks stored as extra TIFF frames are not). GIF, WebP and PNG animations give their first frame
-only: an animation's frames are states of one picture, not pages of a document.
+only: an animation's frames are states of one picture, not pages of a document. A TIFF cut or
+damaged after its first pages keeps them (`pipeline.ingest.tiff_pages`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from PIL import Image
 
 from pipeline.errors import DocumentError, InputError, PageError
 from pipeline.faults import injected_fault
+from pipeline.ingest.tiff_pages import (
+    Frames,
+    check_page_data,
+    first_header_cut,
+    first_header_missing,
+    page_frames,
+)
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 
 # Pillow logs a few header rejections at ERROR; with no handler on its logger Python prints them
@@ -32,9 +40,6 @@ from pipeline.layout.geometry import PAGE_SIZE_KEY
 logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 WHITE = (255, 255, 255)
-_TIFF_NEW_SUBFILE_TYPE = 254
-_SUBFILE_REDUCED = 0x1  # a thumbnail / lower-resolution copy of another frame
-_SUBFILE_MASK = 0x4  # a transparency mask for another frame
 _EXIF_ORIENTATION = 0x0112
 _ORIENTATION_OPS: dict[int, tuple[Image.Transpose, ...]] = {
     2: (Image.Transpose.FLIP_LEFT_RIGHT,),
@@ -105,6 +110,8 @@ def _open(path: Path, fmt: str, strip_text: bool = False) -> Iterator[Image.Imag
         try:
             image = _open_image(file, fmt, strip_text)
         except Image.UnidentifiedImageError as err:
+            if fmt == "TIFF" and first_header_missing(file):
+                raise first_header_cut() from err
             raise DocumentError(
                 "corrupt image", f"its {fmt} header cannot be parsed; export or scan it again"
             ) from err
@@ -174,39 +181,14 @@ def _decode_error(err: Exception, fmt: str, kind: type[InputError]) -> InputErro
     return kind("corrupt image", f"{fmt} decoding failed ({message}); export or scan it again")
 
 
-def _frames_or_fail(image: Image.Image, fmt: str) -> list[int]:
-    """`_page_frames`, with a failure mapped to DocumentError (the page count is unknown)."""
+def _frames_or_fail(image: Image.Image, fmt: str) -> Frames:
+    """`page_frames`, with a failure on the first frame mapped to DocumentError."""
     try:
-        return _page_frames(image)
+        return page_frames(image)
     except InputError:
         raise
     except Exception as err:
         raise _decode_error(err, fmt, DocumentError) from err
-
-
-def _page_frames(image: Image.Image) -> list[int]:
-    """Frame numbers that are pages: all TIFF frames except thumbnails and masks."""
-    if image.format != "TIFF":
-        return [0]
-    try:
-        count = getattr(image, "n_frames", 1)
-    except Exception as err:
-        # Image.open read page 1's header, so what failed lies after it: an incomplete copy
-        # of a multi-page scan says so instead of calling the whole file corrupt.
-        message = str(err) or type(err).__name__
-        raise DocumentError(
-            "truncated image",
-            f"the TIFF is truncated or damaged after its first page(s) ({message}); "
-            "copy it again from the source",
-        ) from err
-    frames = []
-    for frame in range(count):
-        image.seek(frame)
-        subfile = image.tag_v2.get(_TIFF_NEW_SUBFILE_TYPE, 0)
-        if not (isinstance(subfile, int) and subfile & (_SUBFILE_REDUCED | _SUBFILE_MASK)):
-            frames.append(frame)
-    image.seek(0)
-    return frames or [0]
 
 
 def _check_pixels(size: tuple[int, int], pixel_limit: int, kind: type[InputError]) -> None:
@@ -225,10 +207,9 @@ def count_image_pages(path: Path, fmt: str, pixel_limit: int) -> int:
     """Count pages from headers alone; a single-page image that is too large fails here."""
     with _open(path, fmt) as image:
         frames = _frames_or_fail(image, fmt)
-        if len(frames) == 1:
-            image.seek(frames[0])
+        if frames.count == 1:
             _check_pixels(image.size, pixel_limit, DocumentError)
-        return len(frames)
+        return frames.count
 
 
 def load_image_page(
@@ -255,16 +236,12 @@ def _load_page(
 ) -> Image.Image:
     with _open(path, fmt, strip_text) as image:
         frames = _frames_or_fail(image, fmt)
-        kind: type[InputError] = PageError if len(frames) > 1 else DocumentError
-        if not 0 <= page_index < len(frames):
-            raise PageError(
-                "no such page",
-                f"page {page_index + 1} was asked for but the file has {len(frames)}; "
-                "the file changed since it was registered, run again",
-            )
+        kind: type[InputError] = PageError if frames.count > 1 else DocumentError
+        frame = frames.frame_of(page_index)
         try:
-            image.seek(frames[page_index])
+            image.seek(frame)
             _check_pixels(image.size, pixel_limit, kind)
+            check_page_data(image, kind)
             full_size = image.size
             if max_pixels is not None:
                 _decode_smaller(image, max_pixels)
