@@ -16,7 +16,7 @@ class ExitCode(enum.IntEnum):
     MISSING_DEPENDENCY = 3
     OUTPUT_IN_USE = 4
     OUTPUT_ACCESS = 5  # OUT or its job store cannot be written: read-only, no permission, full
-    NOTHING_TO_DO = 6  # the inputs hold no page files at all
+    NOTHING_TO_DO = 6  # the inputs hold no page files at all; evaluate compared no page
     DEVICES_LOST = 7  # workers died through no fault of the pages; unfinished pages stay pending
     STORE_DAMAGED = 8  # the job store lost data; what was lost is reported
     INTERNAL_ERROR = 15  # a failure nobody anticipated; the traceback is in OUT/run.log
@@ -64,7 +64,8 @@ class OutputAccessError(AnandaSkyError):
 
 
 class NothingToDo(AnandaSkyError):
-    """The inputs exist but hold no file that could be a page."""
+    """The inputs exist but hold no file that could be a page; or `evaluate` matched ground
+    truth but could compare none of its pages."""
 
     exit_code = ExitCode.NOTHING_TO_DO
 

@@ -9,6 +9,7 @@ from pipeline.errors import BadArguments, ExitCode
 
 from .evaluation import evaluate
 from .normalize import Normalization
+from .nothing import check_something_evaluated, no_gt_matched
 from .report_html import render_html
 from .report_json import to_json
 from .report_table import render_table
@@ -37,7 +38,9 @@ def run_evaluate(
     thumbnails: bool = True,
     workers: int = 1,
 ) -> int:
-    """Print the table (or JSON), write the requested reports; 0 once anything was matched."""
+    """Print the table (or JSON), write the requested reports; 0 once a page was compared.
+
+    Nothing compared is an error (exit 2 or 6, `nothing`), raised after the reports are out."""
     ev = evaluate(
         gt,
         run=out,
@@ -49,11 +52,7 @@ def run_evaluate(
         workers=workers,
     )
     if not ev.documents:
-        example = ev.unmatched_gt[0][0] if ev.unmatched_gt else str(gt)
-        raise BadArguments(
-            f"no ground-truth file in {gt} matches a document of {out or pred} (e.g. {example}); "
-            "name GT files after the documents (docs/EVALUATE.md, Matching) or give --map FILE"
-        )
+        raise no_gt_matched(ev, gt, out or pred)
     if json_file is not None or as_json:
         text = to_json(ev)
         if json_file is not None:
@@ -64,4 +63,5 @@ def run_evaluate(
         _write(html_file, render_html(ev, thumbnails=thumbnails), "--html")
     if not as_json:
         print(render_table(ev))
+    check_something_evaluated(ev)  # after the reports: they say why, page by page
     return ExitCode.OK
