@@ -114,7 +114,8 @@ def test_cluster_run_equals_a_local_run_and_each_actor_holds_its_own_npu(
 
     # Every actor reports where Ray put it before it loads the model (a run this short may
     # end before all three are ready).
-    ready = PLACED.findall((out / "run.log").read_text())
+    log = (out / "run.log").read_text()
+    ready = PLACED.findall(log)
     assert len(ready) == 3  # head: 1 NPU, other node: 2
     for label, _node, visible, ray_ids in ready:
         assert visible == ray_ids  # Ray set the variable to the unit it gave this actor
@@ -136,6 +137,9 @@ def test_cluster_run_equals_a_local_run_and_each_actor_holds_its_own_npu(
     assert sum(n["pages"] for n in status["nodes"]) == sum(GOOD_PAGES.values())
     assert {n["node"] for n in status["nodes"]} <= set(per_node)
     assert max(attempts(out).values()) == 0
+    # Every node holds the model folder: each actor loads it in place, nothing is shipped.
+    assert re.search(r"worker \S+ ready on .*, model folder: in place", log)
+    assert "shipping it from the driver" not in log and "model shipped" not in log
 
 
 def test_driver_killed_with_kill_9_then_rerun_resumes_to_the_same_output(
@@ -302,28 +306,41 @@ def test_pages_loaded_on_the_nodes_give_the_outputs_of_a_local_run(
     assert len(counts) == 2  # spread over the head's node and the other one
 
 
-def test_a_node_that_does_not_see_the_inputs_hands_its_pages_to_the_head(
+HANDED_BACK = re.compile(
+    r"node (\w+) handed (\d+) page\(s\) back to the head \((\d+) load task\(s\) were out "
+    r"when it was found blind; (\d+) of its pages were sent later\)"
+)
+
+
+def test_a_node_that_does_not_see_the_inputs_hands_back_only_the_pages_it_already_held(
     tmp_path, pages, tiny_model_dir, cluster, local_run
 ):
     """FAULT INJECTION (node:blind in one node's environment): that node's load tasks find no
-    input file, as on a server without the share; the head loads those pages and the outputs
-    are those of a local run."""
-    blind = faulty_node(cluster, "node:blind")  # CPUs only: load tasks, no actor
+    input file, as on a server without the share; the head loads the pages it hands back, and
+    from the first one on the node gets no more load tasks. The run's one actor (on the blind
+    node) takes one page per batch, so load tasks are sent all along the run, not all at once;
+    the outputs are those of a local run."""
+    blind = faulty_node(cluster, "node:blind", resources={"EYE": 1})
     out = tmp_path / "out"
     try:
-        args = ray_args(pages, out, tiny_model_dir, cluster, "NPU", "--ray-loading", "nodes")
-        result = cli(*args)
+        extra = ("--ray-loading", "nodes", "--batch-size", "1")
+        result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "EYE", *extra))
     finally:
         cluster.remove_node(blind)
     assert result.returncode == ExitCode.OK, result.stderr
     assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    log = (out / "run.log").read_text()
+    assert re.search(r"node \S+ does not see the file .*; the head loads the pages", log)
+    ((node, handed, out_then, sent_later),) = HANDED_BACK.findall(log)
+    assert blind.node_id.startswith(node)
+    total = sum(GOOD_PAGES.values())
+    # Only tasks it held when found blind came back; tasks were sent after that, none to it.
+    assert 1 <= int(handed) <= int(out_then) < total
+    assert int(sent_later) == 0
     counts = loaded_per_node(out)
-    assert counts.get("head", 0) >= 1  # the blind node's pages, loaded by the driver
-    assert sum(counts.values()) == sum(GOOD_PAGES.values())
-    assert re.search(
-        r"node \S+ does not see the file .*; the head loads the pages",
-        (out / "run.log").read_text(),
-    )
+    assert counts["head"] == int(handed)  # the driver loaded exactly the pages handed back
+    assert node not in counts
+    assert sum(counts.values()) == total
 
 
 def test_node_loading_is_refused_with_cpu_actors(tmp_path, pages, tiny_model_dir, cluster):

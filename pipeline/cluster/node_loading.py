@@ -13,6 +13,11 @@ it itself (a warning names the node, once): a node without the share slows a run
 its output. Load tasks take one CPU each where Ray has one free; accelerator actors then hold a
 CPU each too on nodes with at least two per unit (`ClusterTarget.core_per_actor`), so their own
 host work keeps a core. With CPU actors every core is an actor's: node loading is refused.
+
+A node that hands a page back gets no more load tasks: later tasks carry a label selector that
+excludes it (Ray's `ray.io/node-id` node label, a hard constraint), so it hands back at most the
+tasks it already held; once every live node is blind, the head loads every page without sending
+tasks.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from pipeline.runner.loader_pool import LoaderPool, LoadResult
 
 log = logging.getLogger("anandasky")
 HEAD = "head"  # where a page was loaded when the driver's own loaders did it
-CPU_REFRESH_S = 5.0  # how often the cluster's CPU count is read again (nodes join and leave)
+CPU_REFRESH_S = 5.0  # how often the cluster's nodes and CPUs are read again (they come and go)
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node: its id (Ray >= 2.49)
 TASK_RETRIES = 2  # a load task lost with its worker or node runs again (also to rebuild pixels)
 
 
@@ -114,6 +120,42 @@ def load_on_node(
     return summary, pack(result.image if result.crops is None else list(result.crops))
 
 
+class BlindNodes:
+    """Nodes that handed a page back, and the label selector that keeps load tasks off them."""
+
+    def __init__(self) -> None:
+        self.out_when_found: dict[str, int] = {}  # node id -> load tasks out when it was found
+        self.sent_when_found: dict[str, int] = {}  # node id -> tasks sent until then
+        self.handed_back: Counter[str] = Counter()  # pages per node id
+        self.sent_later: Counter[str] = Counter()  # of those, tasks sent after it was found
+        self._selector: dict[str, str] | None = None
+
+    def __contains__(self, node: str) -> bool:
+        return node in self.out_when_found
+
+    def add(self, node: str, tasks_out: int, tasks_sent: int) -> None:
+        self.out_when_found[node] = tasks_out
+        self.sent_when_found[node] = tasks_sent
+        self._selector = {NODE_ID_LABEL: "!in(" + ",".join(sorted(self.out_when_found)) + ")"}
+
+    def handed(self, node: str, sent_as: int) -> None:
+        """Count a page `node` handed back; its task was the `sent_as`-th sent."""
+        self.handed_back[node] += 1
+        self.sent_later[node] += sent_as > self.sent_when_found.get(node, sent_as)
+
+    def selector(self) -> dict[str, str] | None:
+        """`label_selector` for a load task: any node but the blind ones (None: no blind node)."""
+        return self._selector
+
+    def log(self) -> None:
+        for node, pages in sorted(self.handed_back.items()):
+            log.info(
+                "node %s handed %d page(s) back to the head (%d load task(s) were out when it "
+                "was found blind; %d of its pages were sent later)",
+                node[:12], pages, self.out_when_found.get(node, 0), self.sent_later[node],
+            )  # fmt: skip
+
+
 class NodeLoaders:
     """`LoaderPool`'s interface over Ray tasks; pages a node hands back go to the head's pool."""
 
@@ -121,31 +163,61 @@ class NodeLoaders:
         self.ray = import_ray()
         self.head = head  # its settings are the tasks' too (`load_arguments`)
         self.on_done = on_done
-        self.task = self.ray.remote(load_on_node).options(
-            num_cpus=1, num_returns=2, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD"
-        )
-        self._loading: dict[Any, tuple[PageTask, Any]] = {}  # summary ref -> (task, pixels ref)
+        self._remote = self.ray.remote(load_on_node)
+        self.task = self._task_options()
+        # summary ref -> (task, pixels ref, its number among the tasks sent)
+        self._loading: dict[Any, tuple[PageTask, Any, int]] = {}
+        self._sent = 0
         self.loaded_by: Counter[str] = Counter()  # pages per node id, HEAD for the head's own
-        self._blind: set[str] = set()
-        self._cpus, self._cpus_read = 0, -CPU_REFRESH_S
+        self.blind = BlindNodes()
+        self._cpus: dict[str, int] = {}  # live node id -> its CPUs
+        self._cpus_read = -CPU_REFRESH_S
+
+    def _nodes(self) -> dict[str, int]:
+        """The live nodes with CPUs and their counts, read again every few seconds."""
+        now = time.monotonic()
+        if now - self._cpus_read >= CPU_REFRESH_S:
+            self._cpus = {
+                node["NodeID"]: int(node.get("Resources", {}).get("CPU", 0))
+                for node in self.ray.nodes()
+                if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0
+            }
+            self._cpus_read = now
+        return self._cpus
+
+    def _task_options(self, label_selector: dict[str, str] | None = None):
+        """The load task, as Ray runs it (off the blind nodes, with their selector)."""
+        selector = {"label_selector": label_selector} if label_selector else {}
+        return self._remote.options(
+            num_cpus=1,
+            num_returns=2,
+            max_retries=TASK_RETRIES,
+            scheduling_strategy="SPREAD",
+            **selector,
+        )
+
+    def _all_blind(self) -> bool:
+        return all(node in self.blind for node in self._nodes())
 
     @property
     def processes(self) -> int:
-        """Pages the cluster loads at once: the CPUs Ray has (read again every few seconds);
-        Ray runs a load task where a CPU is free, the cores actors hold excepted."""
-        now = time.monotonic()
-        if now - self._cpus_read >= CPU_REFRESH_S:
-            self._cpus = int(self.ray.cluster_resources().get("CPU", 0))
-            self._cpus_read = now
-        return max(self._cpus, self.head.processes, 1)
+        """Pages the cluster loads at once: the CPUs of the nodes that see the inputs (read
+        again every few seconds); Ray runs a load task where a CPU is free, the cores actors
+        hold excepted."""
+        cpus = sum(n for node, n in self._nodes().items() if node not in self.blind)
+        return max(cpus, self.head.processes, 1)
 
     def __len__(self) -> int:
         return len(self._loading) + len(self.head)
 
     def submit(self, task: PageTask) -> None:
+        if self._all_blind():  # no node sees the inputs: no task would load anything
+            self.head.submit(task)
+            return
         summary, pixels = self.task.remote(*self.head.load_arguments(task))
         summary.future().add_done_callback(lambda _future: self.on_done())
-        self._loading[summary] = (task, pixels)
+        self._sent += 1
+        self._loading[summary] = (task, pixels, self._sent)
 
     def harvest(self) -> list[tuple[PageTask, LoadResult | LoadedOnNode]]:
         """Pages whose loading finished, on a node or (handed back) on the head."""
@@ -154,20 +226,31 @@ class NodeLoaders:
             self.loaded_by[HEAD] += isinstance(result, LoadedImage)
             finished.append((task, result))
         ready = []
+        tasks_out = len(self._loading)
         if self._loading:
             refs = list(self._loading)
             ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
-            task, pixels = self._loading.pop(ref)
+            task, pixels, sent_as = self._loading.pop(ref)
             result = self._summary(ref, task)
             if isinstance(result, HeadMustLoad):
-                self._hand_back(task, result)
+                self._hand_back(task, result, tasks_out, sent_as)
             elif isinstance(result, LoadedOnNode):
                 self.loaded_by[result.node] += 1
                 finished.append((task, replace(result, on_node=pixels)))
             else:
                 finished.append((task, result))
+        if self._loading and self._all_blind():
+            self._reroute_to_head()
         return finished
+
+    def _reroute_to_head(self) -> None:
+        """Every live node is blind now: tasks still out could wait forever for a node their
+        selector allows, so the head loads their pages (a result already on its way is left)."""
+        for ref, (task, _pixels, _sent_as) in list(self._loading.items()):
+            self.ray.cancel(ref)
+            self.head.submit(task)
+        self._loading.clear()
 
     def _summary(self, ref: Any, task: PageTask) -> LoadedOnNode | HeadMustLoad | LoadFailure:
         try:
@@ -182,16 +265,19 @@ class NodeLoaders:
             )
             return LoadFailure("the Ray task loading this page failed (see run.log)", True)
 
-    def _hand_back(self, task: PageTask, why: HeadMustLoad) -> None:
-        if why.node not in self._blind:
-            self._blind.add(why.node)
+    def _hand_back(self, task: PageTask, why: HeadMustLoad, tasks_out: int, sent_as: int):
+        if why.node not in self.blind:
+            self.blind.add(why.node, tasks_out, self._sent)
+            self.task = self._task_options(self.blind.selector())
             log.warning(
-                "node %s %s (%s); the head loads the pages that node hands back: give every "
-                "node the inputs at the same path, or drop --ray-loading nodes",
+                "node %s %s (%s); the head loads the pages that node hands back, and it gets "
+                "no more load tasks: give every node the inputs at the same path, or drop "
+                "--ray-loading nodes",
                 why.node[:12],
                 why.why,
                 printable(task.relpath),
             )
+        self.blind.handed(why.node, sent_as)
         self.head.submit(task)
 
     def shutdown(self) -> None:
@@ -199,6 +285,7 @@ class NodeLoaders:
             self.ray.cancel(ref)
         self._loading.clear()
         self.head.shutdown()
+        self.blind.log()
         if self.loaded_by:
             counts = ", ".join(f"{node[:12]}: {n}" for node, n in sorted(self.loaded_by.items()))
             log.info("pages loaded per node (%s = the driver's own loaders): %s", HEAD, counts)
