@@ -1,4 +1,4 @@
-"""Inputs that used to be misreported: special files, PNG text chunks over the limit."""
+"""Inputs that used to be misreported: special files, PNG text chunks, PDF pages kilometres wide."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.errors import DocumentError, ExitCode
+from pipeline.errors import DocumentError, ExitCode, PageError
 from pipeline.ingest.documents import IngestSettings, load_page, probe_document
+from pipeline.layout.geometry import PAGE_SIZE_KEY
 
 SETTINGS = IngestSettings(dpi=36)
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +94,79 @@ def test_png_with_huge_text_still_meets_the_pixel_limit(tmp_path: Path) -> None:
     with pytest.raises(DocumentError) as caught:
         probe_document(path, IngestSettings(dpi=36, max_image_pixels=5000))
     assert caught.value.reason.startswith("too large")
+
+
+# -- a PDF page of absurd size -------------------------------------------------------------------
+
+HUGE_PT = 10_000_000.0  # 3.5 km: a damaged MediaBox, not a page
+SQUARE_80_M = 80 / 0.0254 * 72  # a page that large is legible only within ~1 Gpx
+
+
+def _pdf(path: Path, *sizes: tuple[float, float]) -> Path:
+    """A PDF with one empty page per (width, height) in points, written by PDFium itself."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument.new()
+    for width, height in sizes:
+        document.new_page(width, height)
+    document.save(str(path))
+    document.close()
+    return path
+
+
+def test_a_pdf_page_kilometres_wide_is_refused_in_one_line_and_the_others_load(
+    tmp_path: Path,
+) -> None:
+    """It was painted at 0.1 DPI and its ALTO declared a page of 41,666,667 x 41,666,667 px."""
+    sizes = [(595, 842), (HUGE_PT, HUGE_PT), (3118, 28346), (SQUARE_80_M, SQUARE_80_M)]
+    path = _pdf(tmp_path / "huge.pdf", *sizes)
+    settings = IngestSettings(dpi=300)
+    assert load_page(path, 0, settings, max_pixels=100_000).info[PAGE_SIZE_KEY] == (2479, 3508)
+    with pytest.raises(PageError) as caught:
+        load_page(path, 1, settings, max_pixels=100_000)
+    message = str(caught.value)
+    assert message.startswith(
+        "page too large: it declares 10,000,000 x 10,000,000 pt (3.53 km x 3.53 km), "
+        "longer than any scroll or roll scan (100 m at most): its page size (MediaBox) is damaged"
+    ), message
+    assert "\n" not in message
+    # A 1.1 m x 10 m roll scan is large, not damaged: it loads, its page size at --dpi.
+    roll = load_page(path, 2, settings, max_pixels=100_000)
+    assert roll.info[PAGE_SIZE_KEY] == (12992, 118108)
+    assert roll.width * roll.height <= 100_000
+    # 80 m x 80 m fits the default --max-image-pixels only as a blur.
+    with pytest.raises(PageError) as caught:
+        load_page(path, 3, settings, max_pixels=100_000)
+    assert "(80 m x 80 m), which fits --max-image-pixels 250000000 only at 5 DPI" in str(
+        caught.value
+    )
+    assert "if the page is genuine raise --max-image-pixels" in str(caught.value)
+
+
+def test_raising_max_image_pixels_lets_a_genuinely_huge_pdf_page_through(tmp_path: Path) -> None:
+    path = _pdf(tmp_path / "huge.pdf", (SQUARE_80_M, SQUARE_80_M))
+    page = load_page(path, 0, IngestSettings(dpi=300, max_image_pixels=2 * 10**9), 10_000)
+    assert page.width * page.height <= 10_000
+    assert page.info[PAGE_SIZE_KEY] == (944_882, 944_882)
+
+
+@pytest.mark.slow
+def test_run_fails_only_the_absurd_pdf_page_and_says_so(tmp_path: Path, tiny_model_dir: Path):
+    from conftest import assert_valid_alto
+
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    _pdf(inputs / "atlas.pdf", (595, 842), (HUGE_PT, 842))
+    out = tmp_path / "out"
+    result = _cli(
+        "run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir), *RUN_OPTIONS,
+        "--detector", "none",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("atlas.pdf page 2: ")]
+    assert "page too large: it declares 10,000,000 x 842 pt" in line, line
+    assert_valid_alto((out / "pages/atlas.pdf/0001.alto.xml").read_bytes())
+    assert not (out / "pages/atlas.pdf/0002.alto.xml").exists()
+    status = _cli("status", str(out)).stdout
+    assert "atlas.pdf page 2: page too large" in status

@@ -310,5 +310,6 @@ def load_page(
             rasterizer=settings.rasterizer,
             password=settings.pdf_password,
             pixel_limit=limit,
+            page_limit=settings.max_image_pixels,
         )
     return load_image_page(path, fmt, page_index, settings.max_image_pixels, max_pixels)

@@ -31,6 +31,13 @@ POINTS_PER_INCH = 72.0
 POPPLER_TIMEOUT_S = 600
 """A page that pdftoppm cannot paint in ten minutes is a hostile page, not a slow machine."""
 
+MIN_LEGIBLE_DPI = 10.0
+"""Below this even large print is a pixel or two high: a page that fits --max-image-pixels only
+at a lower resolution is a damaged page size (a MediaBox of kilometres), not a page to read."""
+
+MAX_SIDE_PT = 100 / 0.0254 * POINTS_PER_INCH
+"""100 m: the longest scrolls and roll scans are tens of metres; a longer side is damage."""
+
 _DIAGNOSE_LIMIT = 16 * 1024 * 1024
 """Read at most this much of an unloadable PDF when guessing why PDFium refused it."""
 
@@ -151,11 +158,13 @@ def render_pdf_page(
     rasterizer: str,
     password: str | None,
     pixel_limit: int,
+    page_limit: int | None = None,
 ) -> Image.Image:
     """Paint one page as RGB at `dpi`, or at the lower resolution that fits `pixel_limit`.
 
     Lowering the resolution before painting (rather than shrinking a full-DPI bitmap) keeps
-    memory and time proportional to what the caller will keep.
+    memory and time proportional to what the caller will keep. With `page_limit`
+    (--max-image-pixels), a page too large to be legible within it is refused (`check_size`).
     """
     if rasterizer not in RASTERIZERS:
         raise ValueError(f"unknown rasterizer {rasterizer!r}; expected one of {RASTERIZERS}")
@@ -177,6 +186,8 @@ def render_pdf_page(
                 raise PageError(
                     "unreadable page", f"PDFium cannot read the page's size ({err}); repair the PDF"
                 ) from err
+        if page_limit is not None:
+            check_size(width_pt, height_pt, page_limit)
         render_dpi = fit_dpi(width_pt, height_pt, dpi, pixel_limit)
         if rasterizer == "pdfium":
             image = _render_pdfium(doc, page_index, render_dpi)
@@ -192,6 +203,39 @@ def render_pdf_page(
         max(1, round(height_pt * dpi / 72)),
     )
     return page
+
+
+def check_size(width_pt: float, height_pt: float, page_limit: int) -> None:
+    """Refuse a page with a side over MAX_SIDE_PT, or that fits `page_limit` pixels only below
+    MIN_LEGIBLE_DPI.
+
+    Such a page would be painted as a blur, and its ALTO would declare a page of millions of
+    pixels (positions are in page pixels at --dpi). The limit is the user's: a genuine
+    oversized page (a long roll scan) gets through by raising --max-image-pixels.
+    """
+    size = f"{width_pt:,.0f} x {height_pt:,.0f} pt ({_length(width_pt)} x {_length(height_pt)})"
+    if max(width_pt, height_pt) > MAX_SIDE_PT:
+        raise PageError(
+            "page too large",
+            f"it declares {size}, longer than any scroll or roll scan "
+            f"({_length(MAX_SIDE_PT)} at most): its page size (MediaBox) is damaged; "
+            "repair it and run again",
+        )
+    legible = fit_dpi(width_pt, height_pt, MIN_LEGIBLE_DPI, page_limit)
+    if legible >= MIN_LEGIBLE_DPI:
+        return
+    raise PageError(
+        "page too large",
+        f"it declares {size}, which fits "
+        f"--max-image-pixels {page_limit} only at {legible:.2g} DPI, too coarse for any text; "
+        "if the page is genuine raise --max-image-pixels, otherwise repair its page size "
+        "(MediaBox) and run again",
+    )
+
+
+def _length(points: float) -> str:
+    metres = points / POINTS_PER_INCH * 0.0254
+    return f"{metres / 1000:.3g} km" if metres >= 1000 else f"{metres:.3g} m"
 
 
 def fit_dpi(width_pt: float, height_pt: float, dpi: float, pixel_limit: int) -> float:
