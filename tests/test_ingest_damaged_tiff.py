@@ -11,6 +11,7 @@ import io
 import json
 import sqlite3
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,20 @@ def test_a_tiff_cut_before_its_first_page_header_fails_whole_as_truncated(tmp_pa
         probe_document(path, SETTINGS)
     assert caught.value.reason == "truncated image"
     assert "copy the file again" in caught.value.detail
+
+
+def test_a_cut_compressed_tiff_loads_without_libtiff_noise_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libtiff printed 'TIFFAdvanceDirectory: ... Error fetching directory count.' to fd 2."""
+    pages = _pages(3)
+    data = _tiff(pages, "tiff_lzw")
+    path = tmp_path / "cut.tif"
+    path.write_bytes(data[: _page_offsets(data)[2] - 10])  # page 3's pixels and header cut
+    assert _outcome(path, pages) == ["ok", "ok", "truncated image"]
+    assert capfd.readouterr().err == ""
+    print("stderr works again", file=sys.stderr)
+    assert capfd.readouterr().err == "stderr works again\n"
 
 
 def test_an_intact_multi_page_tiff_still_reads_every_page(tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ class IngestSettings:
     pdf_password: str | None = None
     max_image_pixels: int = 250_000_000
     """Images whose header promises more pixels are refused undecoded (decompression bombs);
-    PDF pages are painted at a lower resolution instead, since their cost is known up front."""
+    PDF pages are painted at a lower resolution instead, since their cost is known up front
+    (unless not even 10 DPI fits: `rasterize.check_size`)."""
 
     def __post_init__(self) -> None:
         if self.dpi <= 0:

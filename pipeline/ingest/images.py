@@ -32,6 +32,7 @@ from pipeline.ingest.tiff_pages import (
     first_header_cut,
     first_header_missing,
     page_frames,
+    quiet_if_damaged,
 )
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 
@@ -246,7 +247,8 @@ def _load_page(
             if max_pixels is not None:
                 _decode_smaller(image, max_pixels)
             injected_fault("decode")  # test-only; see pipeline/child_process.py
-            image.load()
+            with quiet_if_damaged(frames):
+                image.load()
             orientation = _orientation(image)  # after load: Pillow rotates TIFFs itself there
             page = to_rgb(image)
         except InputError:

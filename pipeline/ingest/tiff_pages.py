@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
@@ -200,3 +203,26 @@ def _file_size(image: Image.Image) -> int | None:
         return os.fstat(image.fp.fileno()).st_size
     except (AttributeError, OSError, ValueError):
         return None
+
+
+@contextmanager
+def quiet_if_damaged(frames: Frames) -> Iterator[None]:
+    """Keep libtiff's own complaints about a damaged file off stderr while a page decodes.
+
+    Decoding a compressed page of a cut file, libtiff walks the page chain itself and prints
+    "TIFFAdvanceDirectory: ... Error fetching directory count." straight to file descriptor 2,
+    a second line beside the one the run reports for the damaged page. Only files known to be
+    damaged are quietened: the redirection holds for the whole process while the page decodes.
+    """
+    if not frames.damaged:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
