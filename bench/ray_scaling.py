@@ -9,6 +9,13 @@ ready to last page done, from run.log and the job store) so model loading does n
 the driver's own CPU time per page and its PNG packing come from the pool's log line.
 
     python bench/ray_scaling.py [--quick]
+    python bench/ray_scaling.py --ship [--ship-mb 1024]
+
+`--ship` measures shipping the model folder instead (pipeline.cluster.model_shipping): a folder
+with a weights file of --ship-mb random bytes, a node that treats it as absent (FAULT INJECTION:
+node:no-model), and an actor there calling the shipping code as a model actor does: the
+driver's checksums, putting the files into the object store, the node writing and verifying
+them, the next check of its cache, and the check in place on the head.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         help="also, on the 2 nodes with line detection on: pages loaded by the head's one "
         "loader vs by Ray tasks on the nodes (--ray-loading nodes)",
     )
+    p.add_argument("--ship", action="store_true", help="measure model shipping instead")
+    p.add_argument("--ship-mb", type=int, default=1024, help="weights size for --ship")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.pages, args.max_new_tokens = "tiny", 4, 4
@@ -106,12 +116,78 @@ def run_once(label: str, tmp: Path, cli_args: list[str]) -> dict[str, Any]:
     return analyse(label, out, measured)
 
 
+def timed(call, *args) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = call(*args)
+    return value, time.perf_counter() - started
+
+
+def ship_folder(folder: Path, megabytes: int) -> Path:
+    """A weights folder as the shipping code sees it (config, tokenizer, one weights file);
+    the weights are random bytes: nothing loads them, only copies and hashes."""
+    from pipeline.model import make_test_model
+
+    model = make_test_model(folder, "tiny")
+    with open(model / "model.safetensors", "wb") as out:
+        for _ in range(megabytes // 64):
+            out.write(os.urandom(64 << 20))
+    return model
+
+
+def ship_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipeline.cluster.model_shipping import ModelShipment, model_here
+
+    model = ship_folder(tmp / "model", args.ship_mb)
+    store = {"object_store_memory": (args.ship_mb + 512) << 20}
+    node = {"temp_dir": str(tmp), "num_cpus": 1, **store}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "resources": {"HERE": 1}})
+    os.environ["ANANDASKY_TEST_FAULT"] = "node:no-model"  # FAULT INJECTION: no folder there
+    cluster.add_node(**node, resources={"SHIP": 1})
+    del os.environ["ANANDASKY_TEST_FAULT"]
+    cluster.wait_for_nodes()
+    rows = []
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        check = ray.remote(lambda *a: timed(model_here, *a))
+        there, here = check.options(resources={"SHIP": 1}), check.options(resources={"HERE": 1})
+        shipment = ModelShipment(str(model))
+        _, seconds = timed(shipment.start)
+        rows.append(("driver: checksums of its folder", seconds))
+        value, seconds = ray.get(there.remote(str(model), shipment.identity, None))
+        rows.append((f"node without it: check -> {type(value).__name__}", seconds))
+        files, seconds = timed(shipment.files_for, "node", "-", "has no model folder")
+        rows.append(("driver: put the files into the object store", seconds))
+        value, seconds = ray.get(there.remote(str(model), shipment.identity, files))
+        rows.append((f"node: fetch, write, verify -> {value.how}", seconds))
+        value, seconds = ray.get(there.remote(str(model), shipment.identity, None))
+        rows.append((f"node, next actor or run: check -> {value.how}", seconds))
+        value, seconds = ray.get(here.remote(str(model), shipment.identity, None))
+        rows.append((f"head, folder in place: check -> {value.how}", seconds))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return [{"step": step, "seconds": seconds} for step, seconds in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     from ray.cluster_utils import Cluster
 
     from pipeline.model import make_test_model
 
     args = arguments(argv)
+    if args.ship:
+        with tempfile.TemporaryDirectory(prefix="rb", dir="/tmp") as tmp_name:
+            os.makedirs(Path(tmp_name) / "ray")
+            os.environ["RAY_TMPDIR"] = tmp_name
+            results = ship_bench(args, Path(tmp_name))
+        rows = [[r["step"], r["seconds"]] for r in results]
+        benchlib.print_table(["step", "s"], rows, title=f"model folder of {args.ship_mb} MB")
+        settings = {k: v for k, v in vars(args).items() if k != "results_dir"}
+        benchlib.write_results(NAME + "_ship", args.results_dir, settings, results)
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="rb", dir="/tmp") as tmp_name:
         tmp = Path(tmp_name)
