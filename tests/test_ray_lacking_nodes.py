@@ -1,8 +1,8 @@
-"""The model folder shipped to a Ray node that lacks it, on a real local cluster.
+"""Ray nodes that lack what a run reads, on a real local cluster: the model folder (shipped by
+the driver) or the inputs (every node blind: the head loads every page).
 
-A head without the actors' resource and one node whose environment makes it treat the model
-folder as absent (FAULT INJECTION: `node:no-model`), holding the only `SHIP` unit, so its actor
-does every page with the model it received through Ray's object store.
+FAULT INJECTION, each node's environment: the head is `node:blind` (its load tasks see no
+input) and has no actor resource; each test adds the node it needs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import test_ray_cluster
-from test_ray_cluster import faulty_node, ray_args
+from test_ray_cluster import HANDED_BACK, faulty_node, loaded_per_node, ray_args
 from test_run_end_to_end import GOOD_PAGES, assert_complete_outputs, cli, comparable
 
 from pipeline.cluster.model_shipping import CACHE_FOLDER, model_files
@@ -40,9 +40,12 @@ def cluster():
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
     common = {"temp_dir": temp, "num_cpus": 1}
-    head = Cluster(initialize_head=True, head_node_args={**common, "include_dashboard": False})
+    os.environ["ANANDASKY_TEST_FAULT"] = "node:blind"  # as `faulty_node`, for the head
+    try:
+        head = Cluster(initialize_head=True, head_node_args={**common, "include_dashboard": False})
+    finally:
+        del os.environ["ANANDASKY_TEST_FAULT"]
     head.common_args = common
-    faulty_node(head, "node:no-model", resources={"SHIP": 1})
     head.wait_for_nodes()
     yield head
     head.shutdown()
@@ -70,6 +73,16 @@ def shipped_run(tmp_path: Path, name: str, pages, model, cluster, expected) -> s
 def test_a_node_without_the_model_gets_it_from_the_driver_verified_and_cached(
     tmp_path, pages, tiny_model_dir, cluster, local_run
 ):
+    """FAULT INJECTION: the node with the only `SHIP` unit treats the model folder as absent
+    (`node:no-model`), so its actor does every page with the model it got from the driver."""
+    node = faulty_node(cluster, "node:no-model", resources={"SHIP": 1})
+    try:
+        shipped_and_cached(tmp_path, pages, tiny_model_dir, cluster, local_run)
+    finally:
+        cluster.remove_node(node)
+
+
+def shipped_and_cached(tmp_path, pages, tiny_model_dir, cluster, local_run) -> None:
     log = shipped_run(tmp_path, "first", pages, tiny_model_dir, cluster, local_run)
     assert re.search(r"node \S+ \(\w+\) has no model folder at \S+; shipping it from", log)
     (cached,) = SHIPPED.findall(log)  # once for the node
@@ -99,3 +112,27 @@ def test_a_node_without_the_model_gets_it_from_the_driver_verified_and_cached(
     assert "failed verification (sha256 mismatch); shipping it from the driver" in log
     assert SHIPPED.findall(log) == [str(cached)]
     assert {path.name: sha256(path) for path in cached.iterdir()} == originals
+
+
+def test_with_every_node_blind_the_head_loads_every_page_and_sends_no_more_tasks(
+    tmp_path, pages, tiny_model_dir, cluster, local_run
+):
+    """`--ray-loading nodes` on a cluster where no node sees the inputs: once each has handed a
+    page back, the head loads the rest itself; the outputs are those of a local run."""
+    node = faulty_node(cluster, "node:blind", resources={"EYE": 1})
+    out = tmp_path / "out"
+    try:
+        extra = ("--ray-loading", "nodes", "--batch-size", "1")
+        result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "EYE", *extra))
+    finally:
+        cluster.remove_node(node)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    total = sum(GOOD_PAGES.values())
+    assert loaded_per_node(out) == {"head": total}
+    handed = HANDED_BACK.findall((out / "run.log").read_text())
+    assert handed and all(int(later) == 0 for *_, later in handed)
+    # Only the tasks sent before both nodes were found blind came back; the rest never left.
+    assert sum(int(n) for _, n, _, _ in handed) <= max(
+        int(out_then) for _, _, out_then, _ in handed
+    )
