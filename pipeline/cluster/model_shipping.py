@@ -66,7 +66,9 @@ class ModelIdentity:
 
 def model_files(model_dir: str | Path) -> list[Path]:
     """The files the two checksums cover, which are the files the native and remote-code
-    loaders read: config, tokenizer, weights (index and shards) and the other .py/.json."""
+    loaders read: config, tokenizer, weights (index and shards) and the other .py/.json (the
+    choice `hash_code_files` makes; a file left out here would fail the shipped folder's
+    check, never pass unnoticed)."""
     hashed = locate(model_dir).hashed
     names = {path.name for path in hashed}
     root = Path(model_dir)
@@ -212,8 +214,13 @@ class ModelShipment:
         self._noted: set[tuple[str, str]] = set()  # (node id, what) already in run.log
 
     def start(self) -> None:
-        """Describe the folder (its weights checksum remembered in the head node's cache)."""
-        self.identity = identity_of(self.model_dir, stamp_for(cache_root(), self.model_dir))
+        """Describe the folder (its weights checksum remembered in the head node's cache, where
+        the head's actors find it; hashed again when that folder cannot be written)."""
+        try:
+            stamp = stamp_for(cache_root(), self.model_dir)
+            self.identity = identity_of(self.model_dir, stamp)
+        except OSError:
+            self.identity = identity_of(self.model_dir)
 
     def files_for(self, node_id: str, node_ip: str, why: str) -> tuple[ShippedFile, ...]:
         """The files' object references, put once; the node's reason logged once."""
