@@ -44,36 +44,48 @@ PLACED = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def local_cluster(prefix: str, fault: str | None = None, **head_args):
+    """A real Ray cluster of this machine's nodes, in a temp folder of its own (one CPU per
+    node); `fault`: ANANDASKY_TEST_FAULT of the head node (fault injection, as `faulty_node`)."""
     from ray.cluster_utils import Cluster
 
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
+    temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths must fit
     # Ray notes "the current cluster" in RAY_TMPDIR/ray: ours, never the machine's /tmp/ray.
     os.makedirs(os.path.join(temp, "ray"))
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
     common = {"temp_dir": temp, "num_cpus": 1}
-    head = Cluster(
-        initialize_head=True,
-        head_node_args={
-            **common,
-            "resources": {"NPU": 1},
-            "include_dashboard": False,
-            # A removed node is noticed in ~2 s instead of ~15 s.
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
-        },
-    )
-    head.add_node(**common, resources={"NPU": 2})
-    head.wait_for_nodes()
+    if fault:
+        os.environ["ANANDASKY_TEST_FAULT"] = fault
+    try:
+        head = Cluster(
+            initialize_head=True,
+            head_node_args={**common, "include_dashboard": False, **head_args},
+        )
+    finally:
+        if fault:
+            del os.environ["ANANDASKY_TEST_FAULT"]
     head.common_args = common
-    yield head
-    head.shutdown()
-    if before is None:
-        os.environ.pop("RAY_TMPDIR", None)
-    else:
-        os.environ["RAY_TMPDIR"] = before
-    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        yield head
+    finally:
+        head.shutdown()
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A removed node is noticed in ~2 s instead of ~15 s.
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    with local_cluster("rt", resources={"NPU": 1}, _system_config=health) as head:
+        head.add_node(**head.common_args, resources={"NPU": 2})
+        head.wait_for_nodes()
+        yield head
 
 
 @pytest.fixture(scope="module")
