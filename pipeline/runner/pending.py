@@ -59,12 +59,16 @@ class PendingPages:
 
     def replace_document(self, doc_id: int, fresh: Iterable[PageTask]) -> None:
         """A document registered again: its old pages go, its new ones up to the read position
-        come first (those after it arrive with later chunks)."""
+        come first (those after it arrive with later chunks; once the queue has been read to its
+        end there are no later chunks, so all of them come now)."""
         before = len(self._buffer)
         self._buffer = deque(task for task in self._buffer if task.doc_id != doc_id)
-        seen = [t for t in fresh if self._cursor is not None and _key(t) <= self._cursor]
+        seen = [t for t in fresh if self._exhausted or self._read_past(t)]
         self._buffer.extendleft(reversed(seen))
         self.remaining += len(self._buffer) - before
+
+    def _read_past(self, task: PageTask) -> bool:
+        return self._cursor is not None and _key(task) <= self._cursor
 
     def _refill(self) -> None:
         if self._buffer or self._exhausted:

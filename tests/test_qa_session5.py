@@ -1,0 +1,54 @@
+"""Defects found by exploratory QA of session 5's features, each pinned by the test that showed it.
+
+Each test names what the user saw; it failed before its fix.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+
+from conftest import TESTDATA
+
+from pipeline.ingest.documents import IngestSettings
+from pipeline.ingest.registration import DocumentRegistrar
+from pipeline.jobs.sqlite_store import JobStore
+from pipeline.runner.pending import PendingPages
+from pipeline.runner.reregistration import SourceChanges
+
+PDF_6 = TESTDATA / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
+PDF_3 = TESTDATA / "pages/pdf/olmocr_mattsnotes_3p.pdf"
+
+
+def _new_pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+
+
+def test_a_last_document_that_grows_after_the_queue_was_read_to_its_end_gets_every_new_page(
+    tmp_path,
+):
+    """A cut TIFF (or any file) last in the collection, replaced by its complete copy while its
+    pages were being loaded: the run used to finish with its new pages past the old count left
+    pending ('1 pending' after a run that was never interrupted)."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    doc = scans / "doc.pdf"
+    shutil.copyfile(PDF_3, doc)
+    ingest = IngestSettings(dpi=60)
+    with JobStore.open(out) as store:
+        registrar = DocumentRegistrar(store, out, ingest, _new_pool)
+        registrar.register([scans], _new_pool()).shutdown()
+        changes = SourceChanges(store, out, ingest, _new_pool)
+        pending = PendingPages(store, out, ("alto", "txt"))
+        popped = []
+        while pending:  # every page handed to loaders: the queue is read to its end
+            popped.append(pending.pop())
+        shutil.copyfile(PDF_6, doc)  # the complete copy arrives
+        changes.handle(popped[-1], pending)  # a loader finds the file changed
+        assert pending.remaining == 6
+        redo = []
+        while pending:
+            redo.append(pending.pop())
+    assert [t.page_index for t in redo] == [0, 1, 2, 3, 4, 5]
+    assert pending.remaining == 0
