@@ -162,7 +162,7 @@ def run(
     quiet: QuietOption = False,
 ) -> int:
     """Transcribe a collection into OUT; run it again to resume after any interruption."""
-    from pipeline.runner.collection import run_collection
+    from pipeline.launch import run as run_collection
     from pipeline.runner.settings import RunSettings
 
     settings = RunSettings(
@@ -221,7 +221,7 @@ def resume(
     quiet: QuietOption = False,
 ) -> int:
     """Rerun OUT with the settings stored by its first run."""
-    from pipeline.runner.collection import resume_collection
+    from pipeline.launch import resume as resume_collection
 
     return resume_collection(
         out,

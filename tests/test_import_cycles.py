@@ -98,3 +98,32 @@ def test_pipeline_has_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     if cycle:
         pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same imports between stage packages (`pipeline.runner`, ...) and top modules; the
+    root package `pipeline` itself (its version) is left out."""
+
+    def stage(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {stage(name): set() for name in graph if name != "pipeline"}
+    for name, targets in graph.items():
+        if name != "pipeline":
+            packages[stage(name)] |= {stage(t) for t in targets if t != "pipeline"} - {stage(name)}
+    return packages
+
+
+def test_stage_packages_import_only_downwards() -> None:
+    """No two stage packages use each other, even through different modules: the cluster is
+    built on the runner, so the runner reaches it only through `pipeline.launch`."""
+    cycle = find_cycle(package_graph(import_graph()))
+    if cycle:
+        pytest.fail("stage packages importing each other: " + " -> ".join(cycle))
+
+
+def test_package_graph_sees_a_cycle_between_modules_that_do_not_form_one() -> None:
+    """Fault injection: x.a imports y.b, y.c imports x.d; no module cycle, a package one."""
+    graph = {"p.x.a": {"p.y.b"}, "p.y.b": set(), "p.y.c": {"p.x.d"}, "p.x.d": set()}
+    assert find_cycle(graph) is None
+    assert find_cycle(package_graph(graph)) == ["p.x", "p.y", "p.x"]

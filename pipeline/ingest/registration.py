@@ -32,8 +32,8 @@ from pipeline.ingest.selection import InputFilter
 from pipeline.jobs.backend import JobBackend
 from pipeline.jobs.records import printable
 from pipeline.outputs.page_files import output_path_too_long, remove_document_outputs
-from pipeline.runner.progress import log
 
+log = logging.getLogger("anandasky")  # run.log: the runner's handlers are on this logger
 CRASHED_READER = "crashed the document reader (a corrupt or hostile file); check or repair it"
 
 

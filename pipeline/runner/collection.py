@@ -18,31 +18,26 @@ from pipeline.jobs import JobBackend, open_catalogue, open_for_run
 from pipeline.jobs.connect import STATE_DIR, ensure_writable_folder, reported_store_errors
 from pipeline.model import DEFAULT_PROMPT, checkpoint_checksum
 from pipeline.model.checkpoint import check_weight_files
-from pipeline.runner.device_plan import check_device_runtime, plan_workers
+from pipeline.runner.placement import ChoosePlacement, Placement
 from pipeline.runner.progress import close_run_log, log, log_to_file_only, setup_run_log
 from pipeline.runner.result_writer import ModelStamp
 from pipeline.runner.run_pass import run_pass
 from pipeline.runner.settings import IMPLIED_BY_OLDER_STORES, RunSettings, model_code_checksum
 
 
-def run_collection(settings: RunSettings) -> ExitCode:
-    """Run (or resume) `settings` and return the exit code that describes the outcome."""
+def run_collection(settings: RunSettings, placement_for: ChoosePlacement) -> ExitCode:
+    """Run (or resume) `settings` where `placement_for` puts it; the exit code that describes
+    the outcome."""
     inputs = [Path(p) for p in settings.inputs]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise BadArguments(f"input not found: {', '.join(missing)}")
     out_dir = settings.out_path
     _refuse_out_as_input(inputs, out_dir)
-    if not settings.ray:  # a device or --workers refused here leaves no OUT folder behind
-        check_device_runtime(settings.device)
-        slots = plan_workers(settings.device, settings.devices, settings.workers)
+    placement = placement_for(settings)
+    placement.plan()  # a device or --workers refused here leaves no OUT folder behind
     ensure_writable_folder(out_dir)
-    if settings.ray:
-        from pipeline.cluster.connect import cluster_slots
-
-        slots = cluster_slots(
-            settings.ray, settings.device, settings.ray_resource, settings.devices
-        )
+    slots = placement.slots()
     if settings.rasterizer == "poppler":
         require_poppler()
     with (
@@ -59,7 +54,7 @@ def run_collection(settings: RunSettings) -> ExitCode:
             log.info("--recover-store: the job store is healthy; nothing to recover")
         try:
             with reported_store_errors(out_dir):
-                return _run_with_store(settings, store, inputs, slots)
+                return _run_with_store(settings, store, inputs, slots, placement)
         except AnandaSkyError as exc:
             log_to_file_only(logging.ERROR, str(exc))  # why a run did not start, or stopped
             raise
@@ -77,7 +72,9 @@ def _refuse_out_as_input(inputs: list[Path], out_dir: Path) -> None:
             )
 
 
-def _run_with_store(settings: RunSettings, store: JobBackend, inputs, slots) -> ExitCode:
+def _run_with_store(
+    settings: RunSettings, store: JobBackend, inputs, slots, placement: Placement
+) -> ExitCode:
     # The checkpoint is checked here, in seconds, so a bad one never gets as far as the workers
     # and the reason is in the run log.
     model_checksum = checkpoint_checksum(
@@ -105,10 +102,12 @@ def _run_with_store(settings: RunSettings, store: JobBackend, inputs, slots) -> 
         )
     store.save_settings(settings.to_stored())
     model = ModelStamp(Path(settings.model_dir).resolve().name, model_checksum, prompt)
-    return run_pass(settings, store, slots, model, inputs)
+    return run_pass(settings, store, slots, model, inputs, placement)
 
 
-def resume_collection(out_dir: Path, *, quiet: bool = False, **overrides) -> ExitCode:
+def resume_collection(
+    out_dir: Path, placement_for: ChoosePlacement, *, quiet: bool = False, **overrides
+) -> ExitCode:
     """`resume OUT`: the same run again, with the settings its first run stored."""
     out_dir = Path(out_dir)
     if not (out_dir / STATE_DIR).is_dir():
@@ -126,4 +125,4 @@ def resume_collection(out_dir: Path, *, quiet: bool = False, **overrides) -> Exi
     settings = RunSettings.from_stored(
         stored, quiet=quiet, out_dir=str(out_dir.resolve()), **overrides
     )
-    return run_collection(settings)
+    return run_collection(settings, placement_for)

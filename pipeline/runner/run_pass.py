@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from pipeline.errors import BadArguments, ExitCode
+from pipeline.errors import ExitCode
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.backend import JobBackend
 from pipeline.jobs.connect import output_access_error
@@ -16,13 +15,14 @@ from pipeline.recognition import page_pixel_budget
 from pipeline.runner.device_plan import WorkerSlot
 from pipeline.runner.loader_pool import LoaderPool
 from pipeline.runner.pending import PendingPages
+from pipeline.runner.placement import Placement
 from pipeline.runner.progress import RunProgress, StageTimes, announce, write_run_summary
 from pipeline.runner.reregistration import SourceChanges
 from pipeline.runner.result_writer import ModelStamp, ResultWriter, release_quietly
 from pipeline.runner.scheduler import Scheduler
 from pipeline.runner.settings import RunSettings
 from pipeline.runner.stopping import StopControl
-from pipeline.runner.worker_pool import LocalWorkerPool, WorkerPool, worker_options
+from pipeline.runner.worker_pool import WorkerPool, worker_options
 
 log = logging.getLogger("anandasky")
 
@@ -33,12 +33,13 @@ def run_pass(
     slots: list[WorkerSlot],
     model: ModelStamp,
     inputs: list[Path],
+    placement: Placement,
 ) -> ExitCode:
     """Run every pending page of `backend` once; the exit code that says how it went."""
     started = time.monotonic()
     stages = StageTimes()
     options = worker_options(settings, slots, model.prompt)
-    workers = _worker_pool(settings, slots, options)
+    workers = placement.worker_pool(slots, options)
     loaders = LoaderPool(
         settings.loader_processes(slots),
         settings.ingest,
@@ -46,7 +47,7 @@ def run_pass(
         on_done=workers.wake,
         layout=settings.layout_request,
     )
-    page_loaders = _page_loaders(settings, workers, loaders)
+    page_loaders = placement.page_loaders(workers, loaders)
     progress: RunProgress | None = None
     stop = StopControl()
     scheduler = None
@@ -100,33 +101,6 @@ def run_pass(
     if fatal is not None:
         raise fatal
     return _finish(settings, backend, progress, stages, stop, time.monotonic() - started)
-
-
-def _worker_pool(settings: RunSettings, slots: list[WorkerSlot], options) -> WorkerPool:
-    """This machine's devices, or one actor per device of the Ray cluster (`--ray`)."""
-    if not settings.ray:
-        return LocalWorkerPool(slots, options, settings.batch_timeout_s)
-    from pipeline.cluster.connect import connect
-    from pipeline.cluster.pool import RayWorkerPool
-
-    target = connect(settings.ray, settings.device, settings.ray_resource)  # joined already
-    target = replace(target, core_per_actor=settings.ray_loading == "nodes")
-    return RayWorkerPool(target, options, settings.batch_timeout_s)
-
-
-def _page_loaders(settings: RunSettings, workers: WorkerPool, head: LoaderPool):
-    """The head's loader processes, or (`--ray-loading nodes`) Ray tasks on the cluster's
-    nodes that hand back to them the pages a node cannot see."""
-    if settings.ray_loading != "nodes":
-        return head
-    from pipeline.cluster.node_loading import NodeLoaders
-
-    if workers.target.resource == "CPU":
-        raise BadArguments(
-            "--ray-loading nodes needs the model actors on accelerators: with CPU actors every "
-            "core is an actor's and no page could load; drop --ray-loading nodes"
-        )
-    return NodeLoaders(head, on_done=workers.wake)
 
 
 def _labels(slots: list[WorkerSlot]) -> str:
