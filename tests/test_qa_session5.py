@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from conftest import TESTDATA
 
+from pipeline.errors import ExitCode
 from pipeline.ingest.documents import IngestSettings
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.sqlite_store import JobStore
@@ -19,6 +23,18 @@ from pipeline.runner.reregistration import SourceChanges
 
 PDF_6 = TESTDATA / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
 PDF_3 = TESTDATA / "pages/pdf/olmocr_mattsnotes_3p.pdf"
+JPG = TESTDATA / "pages/vertical/jp_vert.jpg"
+FAST = ["--device", "cpu", "--max-new-tokens", "12", "--dpi", "100", "--detector", "none"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def _new_pool() -> ProcessPoolExecutor:
@@ -52,3 +68,27 @@ def test_a_last_document_that_grows_after_the_queue_was_read_to_its_end_gets_eve
             redo.append(pending.pop())
     assert [t.page_index for t in redo] == [0, 1, 2, 3, 4, 5]
     assert pending.remaining == 0
+
+
+def test_decode_graphs_with_a_remote_code_folder_is_refused_before_any_worker_starts(
+    tiny_model_dir, tmp_path
+):
+    """`--decode-graphs` on a remote-code folder under the default --impl auto: the refusal came
+    from a worker after it had started loading the model, as 'worker cpu:0 could not load the
+    model: BadArguments: ...' (an internal class name). Now the run says so before any worker
+    starts, in the one line `--impl remote` already gets."""
+    from remote_fixture import build_remote_checkpoint
+
+    remote = build_remote_checkpoint(tiny_model_dir, tmp_path / "remote")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copyfile(JPG, scans / "a.jpg")
+    out = tmp_path / "out"
+    result = cli(
+        "run", str(scans), "--out", str(out), "--model", str(remote), *FAST, "--decode-graphs"
+    )
+    assert result.returncode == ExitCode.BAD_ARGUMENTS, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--decode-graphs needs the native model" in lines[0], lines
+    assert "BadArguments" not in result.stderr and "worker" not in lines[0]
+    assert "loading the model" not in (out / "run.log").read_text()

@@ -81,6 +81,13 @@ def _run_with_store(
         settings.model_dir, cache_file=settings.out_path / STATE_DIR / "model-checksum.json"
     )
     check_weight_files(settings.model_dir)
+    if settings.decode_graphs and settings.resolved_impl() == "remote":
+        # --impl auto on a remote-code folder: refused here, not by every worker after it
+        # started loading the model.
+        raise BadArguments(
+            f"--decode-graphs needs the native model; {settings.model_dir} runs its own "
+            "(remote) code: leave out --decode-graphs"
+        )
     prompt = settings.prompt or DEFAULT_PROMPT
     fingerprint = settings.fingerprint(
         model_checksum,

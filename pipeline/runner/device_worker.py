@@ -85,7 +85,9 @@ def device_worker_main(
         # Not an error we anticipated (driver fault, out of memory at load): not the user's
         # arguments either, so not BAD_ARGUMENTS; the device is as good as lost.
         code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
-        results.put(WorkerFailed(worker_id, slot.label, describe_error(exc), int(code)))
+        # An anticipated error's message is written for the user; its class name is not.
+        text = str(exc) if isinstance(exc, AnandaSkyError) else describe_error(exc)
+        results.put(WorkerFailed(worker_id, slot.label, text, int(code)))
         return
     visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
     results.put(
