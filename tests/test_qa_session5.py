@@ -6,15 +6,19 @@ Each test names what the user saw; it failed before its fix.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from conftest import TESTDATA
+import pytest
+from conftest import TESTDATA, assert_valid_alto
 
-from pipeline.errors import ExitCode
+from pipeline.cluster import model_shipping
+from pipeline.errors import DevicesLost, ExitCode
 from pipeline.ingest.documents import IngestSettings
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.sqlite_store import JobStore
@@ -92,3 +96,54 @@ def test_decode_graphs_with_a_remote_code_folder_is_refused_before_any_worker_st
     assert len(lines) == 1 and "--decode-graphs needs the native model" in lines[0], lines
     assert "BadArguments" not in result.stderr and "worker" not in lines[0]
     assert "loading the model" not in (out / "run.log").read_text()
+
+
+def test_a_node_whose_model_cache_cannot_be_written_still_loads_a_model_folder_in_place(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """FAULT INJECTION: the node's cache folder (in Ray's temp folder) is a file, so it cannot
+    be created. Every actor used to fail with 'FileExistsError: [Errno 17] ...' (exit 7) even
+    where the model folder was in place; now that folder is checked and loaded, and only a node
+    that lacks it fails, with one line saying what to do."""
+    blocked = tmp_path / "anandasky-models"
+    blocked.write_text("not a folder")
+    monkeypatch.setattr(model_shipping, "cache_root", lambda: blocked)
+    identity = model_shipping.identity_of(tiny_model_dir)
+    source = model_shipping.model_here(str(tiny_model_dir), identity, None)
+    assert source == model_shipping.ModelSource("in place", str(tiny_model_dir))
+    missing = tmp_path / "nowhere" / "tiny"
+    with pytest.raises(DevicesLost) as caught:
+        model_shipping.model_here(str(missing), identity, None)
+    message = str(caught.value)
+    assert f"has no model folder at {missing}" in message and str(blocked) in message
+    assert "\n" not in message and "copy the model folder" in message
+
+
+@pytest.mark.slow
+def test_ray_local_run_with_an_unwritable_model_cache_loads_the_model_in_place(
+    tiny_model_dir, tmp_path
+):
+    """The same through the CLI on a real one-node cluster (`--ray local`): FAULT INJECTION, the
+    cache path in the cluster's temp folder is a file. The run used to exit 7 with
+    'could not load the model: FileExistsError'; now every page is done."""
+    pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="q5", dir="/tmp")  # short: Ray's socket paths must fit
+    try:
+        os.makedirs(os.path.join(temp, "ray"))
+        Path(temp, "ray", model_shipping.CACHE_FOLDER).write_text("not a folder")
+        scans = tmp_path / "scans"
+        scans.mkdir()
+        shutil.copyfile(JPG, scans / "a.jpg")
+        out = tmp_path / "out"
+        env = {**os.environ, "RAY_TMPDIR": temp}
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "run", str(scans), "--out", str(out), "--model",
+             str(tiny_model_dir), *FAST, "--ray", "local"],
+            capture_output=True, text=True, timeout=600, env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "model folder: in place" in (out / "run.log").read_text()
+    assert_valid_alto(out / "pages/a.jpg/0001.alto.xml")

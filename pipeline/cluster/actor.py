@@ -149,7 +149,9 @@ class ModelActor:
             self.session = ModelSession.load(options, torch_device)
         except Exception as exc:  # reported to the driver, which stops the run
             code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
-            return ActorFailed(describe_error(exc), int(code))
+            # An anticipated error's message is written for the user; its class name is not.
+            text = str(exc) if isinstance(exc, AnandaSkyError) else describe_error(exc)
+            return ActorFailed(text, int(code))
         threading.Thread(target=self._serve, name="job-stream", daemon=True).start()
         return ActorReady(self.session.device, self.session.load_s, source)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, DevicesLost
 from pipeline.faults import injected_fault
 from pipeline.model.checkpoint import checkpoint_checksum, locate
 from pipeline.runner.settings import model_code_checksum
@@ -158,9 +158,15 @@ def model_here(
     root = cache_root()
     # FAULT INJECTION (tests): node:no-model makes this node treat the model folder as absent.
     absent = injected_fault("node") == "no-model" or not Path(model_dir).is_dir()
+    lock = root / f"{identity.key}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as err:
+        return _without_cache(model_dir, identity, absent, root, err)
     # Under the lock: the node's actors check one after another, so one hashes the folder and
     # the others find its checksum remembered.
-    with node_lock(root / f"{identity.key}.lock"):
+    with node_lock(lock):
         if not absent and matches(model_dir, identity, stamp_for(root, model_dir)):
             return ModelSource("in place", model_dir)
         why = (
@@ -183,6 +189,22 @@ def model_here(
                 "checksums; check the node's disk and memory, then run again"
             )
         return ModelSource("shipped", str(target), identity.size, time.perf_counter() - started)
+
+
+def _without_cache(
+    model_dir: str, identity: ModelIdentity, absent: bool, root: Path, err: OSError
+) -> ModelSource:
+    """The node's cache folder cannot be written (read-only, full, not a folder): a model folder
+    in place is still checked, its checksum not remembered, and loaded; a missing one cannot
+    be shipped here, which the one line says, with what to do."""
+    if not absent and matches(model_dir, identity, None):
+        return ModelSource("in place", model_dir)
+    what = f"has no model folder at {model_dir}" if absent else f"holds other bytes at {model_dir}"
+    raise DevicesLost(
+        f"this node {what}, and the model cannot be shipped to it: its cache folder {root} "
+        f"cannot be written ({err.strerror or err}); copy the model folder to {model_dir} on "
+        "the node, or make that folder writable, and run again"
+    )
 
 
 def write_folder(target: Path, shipped: tuple[ShippedFile, ...]) -> None:
