@@ -126,24 +126,46 @@ def test_ray_local_run_with_an_unwritable_model_cache_loads_the_model_in_place(
     """The same through the CLI on a real one-node cluster (`--ray local`): FAULT INJECTION, the
     cache path in the cluster's temp folder is a file. The run used to exit 7 with
     'could not load the model: FileExistsError'; now every page is done."""
+    out = tmp_path / "out"
+    result = ray_local_run(tiny_model_dir, tmp_path, out, unwritable_cache=True)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "model folder: in place" in (out / "run.log").read_text()
+    assert_valid_alto(out / "pages/a.jpg/0001.alto.xml")
+
+
+def ray_local_run(
+    model, tmp_path: Path, out: Path, *extra: str, unwritable_cache: bool = False
+) -> subprocess.CompletedProcess:
+    """`run --ray local` on one page, the cluster in a temp folder of its own (FAULT INJECTION
+    with `unwritable_cache`: the model cache path there is a file)."""
     pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="q5", dir="/tmp")  # short: Ray's socket paths must fit
     try:
         os.makedirs(os.path.join(temp, "ray"))
-        Path(temp, "ray", model_shipping.CACHE_FOLDER).write_text("not a folder")
+        if unwritable_cache:
+            Path(temp, "ray", model_shipping.CACHE_FOLDER).write_text("not a folder")
         scans = tmp_path / "scans"
         scans.mkdir()
         shutil.copyfile(JPG, scans / "a.jpg")
-        out = tmp_path / "out"
-        env = {**os.environ, "RAY_TMPDIR": temp}
-        result = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "cli", "run", str(scans), "--out", str(out), "--model",
-             str(tiny_model_dir), *FAST, "--ray", "local"],
-            capture_output=True, text=True, timeout=600, env=env,
+             str(model), *FAST, "--ray", "local", *extra],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_TMPDIR": temp},
             cwd=Path(__file__).resolve().parents[1],
         )  # fmt: skip
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_actors_say_in_run_log_how_they_decode(tiny_model_dir, tmp_path):
+    """README: with --decode-graphs, run.log says per worker how it decodes. Ray actors' ready
+    lines said nothing about it, so on a cluster of GPUs nobody could tell whether graphs were
+    captured; now they say it as local workers do."""
+    out = tmp_path / "out"
+    result = ray_local_run(tiny_model_dir, tmp_path, out, "--decode-graphs")
     assert result.returncode == ExitCode.OK, result.stderr
-    assert "model folder: in place" in (out / "run.log").read_text()
+    ready = [line for line in (out / "run.log").read_text().splitlines() if " ready on " in line]
+    assert ready and all("decode: fixed shapes, eager (no device graphs on cpu)" in line
+                         for line in ready), ready  # fmt: skip
     assert_valid_alto(out / "pages/a.jpg/0001.alto.xml")

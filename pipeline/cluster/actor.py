@@ -85,6 +85,7 @@ class ActorReady:
     device: str
     load_s: float
     model: ModelSource | None = None  # where the folder came from (in place, cache, shipped)
+    decode: str = "eager"  # ModelSession.decode_mode, for run.log
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ class ModelActor:
             text = str(exc) if isinstance(exc, AnandaSkyError) else describe_error(exc)
             return ActorFailed(text, int(code))
         threading.Thread(target=self._serve, name="job-stream", daemon=True).start()
-        return ActorReady(self.session.device, self.session.load_s, source)
+        return ActorReady(
+            self.session.device, self.session.load_s, source, self.session.decode_mode
+        )
 
     def recognize(self, packed: list) -> tuple:
         """("done", recognitions, infer_s, wait_s) or ("failed", error) for one batch."""

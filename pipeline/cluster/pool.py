@@ -215,9 +215,9 @@ def worker_up(actor: _Actor, value: ActorReady, shipment: ModelShipment) -> Work
     actor.ready = True
     shipment.loaded(actor.node.node_id, actor.node.ip, value.model)
     log.info(
-        "worker %s ready on %s (node %s, visible devices %s) after %.1f s%s",
+        "worker %s ready on %s (node %s, visible devices %s) after %.1f s%s; decode: %s",
         actor.label, value.device, actor.node.ip, visible or "-", value.load_s,
-        f", model folder: {value.model.how}" if value.model else "",
+        f", model folder: {value.model.how}" if value.model else "", value.decode,
     )  # fmt: skip
     return WorkerUp(actor.label, value.load_s, actor.node.ip, visible)
 
