@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TESTDATA, assert_valid_alto
+from test_ingest_damaged_tiff import _outcome, _page_offsets, _pages, _tiff
 
 from pipeline.cluster import model_shipping
 from pipeline.errors import DevicesLost, ExitCode
@@ -169,3 +170,23 @@ def test_ray_actors_say_in_run_log_how_they_decode(tiny_model_dir, tmp_path):
     assert ready and all("decode: fixed shapes, eager (no device graphs on cpu)" in line
                          for line in ready), ready  # fmt: skip
     assert_valid_alto(out / "pages/a.jpg/0001.alto.xml")
+
+
+def test_a_tiff_page_with_garbled_pixel_data_fails_without_libtiff_noise_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """FAULT INJECTION on the file's bytes: page 2's compressed pixels zeroed, its headers
+    intact. The page fails as corrupt (as before), but libtiff also printed 'LZWDecode:
+    LZWDecode: Strip 0 not terminated with EOI code.' on the terminal beside the run's own
+    line, because only files with a broken header chain were quietened."""
+    pages = _pages(3, size=(400, 300))
+    data = bytearray(_tiff(pages, "tiff_lzw"))
+    first, second = _page_offsets(bytes(data))[:2]
+    start = first + 200  # page 2's strips lie between page 1's header and its own
+    data[start : start + (second - start) // 2] = bytes((second - start) // 2)
+    path = tmp_path / "garbled.tif"
+    path.write_bytes(bytes(data))
+    assert _outcome(path, pages) == ["ok", "corrupt image", "ok"]
+    assert capfd.readouterr().err == ""
+    print("stderr works again", file=sys.stderr)
+    assert capfd.readouterr().err == "stderr works again\n"

@@ -31,8 +31,8 @@ from pipeline.ingest.tiff_pages import (
     check_page_data,
     first_header_cut,
     first_header_missing,
+    libtiff_quiet,
     page_frames,
-    quiet_if_damaged,
 )
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 
@@ -247,7 +247,7 @@ def _load_page(
             if max_pixels is not None:
                 _decode_smaller(image, max_pixels)
             injected_fault("decode")  # test-only; see pipeline/child_process.py
-            with quiet_if_damaged(frames):
+            with libtiff_quiet(fmt == "TIFF"):
                 image.load()
             orientation = _orientation(image)  # after load: Pillow rotates TIFFs itself there
             page = to_rgb(image)

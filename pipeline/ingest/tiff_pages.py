@@ -206,15 +206,17 @@ def _file_size(image: Image.Image) -> int | None:
 
 
 @contextmanager
-def quiet_if_damaged(frames: Frames) -> Iterator[None]:
-    """Keep libtiff's own complaints about a damaged file off stderr while a page decodes.
+def libtiff_quiet(is_tiff: bool) -> Iterator[None]:
+    """Keep libtiff's own messages off stderr while a TIFF page decodes.
 
-    Decoding a compressed page of a cut file, libtiff walks the page chain itself and prints
-    "TIFFAdvanceDirectory: ... Error fetching directory count." straight to file descriptor 2,
-    a second line beside the one the run reports for the damaged page. Only files known to be
-    damaged are quietened: the redirection holds for the whole process while the page decodes.
+    Decoding a page of a cut or garbled file, libtiff prints straight to file descriptor 2
+    ("TIFFAdvanceDirectory: ... Error fetching directory count.", "LZWDecode: ... Strip 0 not
+    terminated with EOI code."), a second line beside the one the run reports for the page.
+    A page file either decodes or fails with that line, so what libtiff says adds nothing.
+    The redirection holds for the whole process while the page decodes: loaders decode one page
+    at a time, so only that page's messages are lost.
     """
-    if not frames.damaged:
+    if not is_tiff:
         yield
         return
     sys.stderr.flush()
