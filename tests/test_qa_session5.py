@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -190,3 +191,22 @@ def test_a_tiff_page_with_garbled_pixel_data_fails_without_libtiff_noise_on_stde
     assert capfd.readouterr().err == ""
     print("stderr works again", file=sys.stderr)
     assert capfd.readouterr().err == "stderr works again\n"
+
+
+def test_a_tiff_whose_page_chain_loops_back_reports_the_pages_it_cannot_reach(
+    tmp_path: Path,
+) -> None:
+    """FAULT INJECTION: page 3's link to the next page header points back at page 1 (a
+    damaged file: a TIFF's page chain never loops). Pages 4 and 5 were silently dropped: the
+    document read as 3 pages, all done, exit 0. Now the first unreachable page fails as
+    damaged, standing for any after it, as for a cut file."""
+    pages = _pages(5)
+    data = bytearray(_tiff(pages))
+    offsets = _page_offsets(bytes(data))
+    third = offsets[2]
+    entries = struct.unpack("<H", data[third : third + 2])[0]
+    link = third + 2 + 12 * entries
+    data[link : link + 4] = struct.pack("<I", offsets[0])
+    path = tmp_path / "loop.tif"
+    path.write_bytes(bytes(data))
+    assert _outcome(path, pages) == ["ok", "ok", "ok", "truncated image"]

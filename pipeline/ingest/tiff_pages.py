@@ -103,12 +103,15 @@ def first_header_cut() -> DocumentError:
 
 def header_chain(fp: IO[bytes]) -> tuple[int, bool]:
     """How many page headers (IFDs) lie complete in the file, and whether the chain breaks
-    (a header, or the next one it points to, runs past the end of the file)."""
+    (a header, or the next one it points to, runs past the end of the file, or it points back
+    at a header already read: a loop, which no intact TIFF has, hides the pages after it)."""
     position = fp.tell()
     try:
         layout = _Layout.read(fp)
         offset, complete, seen = layout.first, 0, set()
-        while offset and offset not in seen:  # a loop ends the chain, as it does for Pillow
+        while offset:
+            if offset in seen:
+                return complete, True
             seen.add(offset)
             fp.seek(offset)
             raw = fp.read(layout.count_size)
