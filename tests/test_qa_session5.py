@@ -20,8 +20,8 @@ from conftest import TESTDATA, assert_valid_alto
 from test_ingest_damaged_tiff import _outcome, _page_offsets, _pages, _tiff
 
 from pipeline.cluster import model_shipping
-from pipeline.errors import DevicesLost, ExitCode
-from pipeline.ingest.documents import IngestSettings
+from pipeline.errors import DevicesLost, DocumentError, ExitCode
+from pipeline.ingest.documents import IngestSettings, probe_document
 from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.sqlite_store import JobStore
 from pipeline.runner.pending import PendingPages
@@ -210,3 +210,19 @@ def test_a_tiff_whose_page_chain_loops_back_reports_the_pages_it_cannot_reach(
     path = tmp_path / "loop.tif"
     path.write_bytes(bytes(data))
     assert _outcome(path, pages) == ["ok", "ok", "ok", "truncated image"]
+
+
+def test_a_compressed_tiff_cut_in_its_first_pages_pixels_is_not_said_to_be_cut_in_a_header(
+    tmp_path: Path,
+) -> None:
+    """libtiff writes each page's pixels before its header, so a copy cut at 10 % of a
+    compressed scan ends in page 1's pixels. Users read 'the TIFF ends or is damaged within its
+    first page's header', which sent them looking at a header that was never written."""
+    data = _tiff(_pages(4), "tiff_lzw")
+    path = tmp_path / "cut.tif"
+    path.write_bytes(data[: len(data) // 10])
+    with pytest.raises(DocumentError) as caught:
+        probe_document(path, IngestSettings(dpi=36))
+    assert caught.value.reason == "truncated image"
+    assert "header" not in caught.value.detail
+    assert "before its first page is complete" in caught.value.detail

@@ -96,8 +96,8 @@ def first_header_cut() -> DocumentError:
     """The error for a TIFF cut or damaged before its first page's header ends."""
     return DocumentError(
         "truncated image",
-        "the TIFF ends or is damaged within its first page's header (an incomplete copy?); "
-        + _COPY_AGAIN,
+        "the TIFF ends or is damaged before its first page is complete, so no page can be "
+        "read (an incomplete copy?); " + _COPY_AGAIN,
     )
 
 
