@@ -5,13 +5,16 @@ Each test names what the user saw; it failed before its fix.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -226,3 +229,50 @@ def test_a_compressed_tiff_cut_in_its_first_pages_pixels_is_not_said_to_be_cut_i
     assert caught.value.reason == "truncated image"
     assert "header" not in caught.value.detail
     assert "before its first page is complete" in caught.value.detail
+
+
+def _running_pages(out: Path) -> int:
+    try:
+        with JobStore.open(out, exclusive=False) as store:
+            return store.summary().pages["running"]
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_status_after_a_run_was_killed_does_not_show_its_pages_as_still_running(
+    tiny_model_dir, tmp_path
+):
+    """kill -9 of the coordinator mid-run: `status` went on printing 'N running' as if a run
+    were still at work on them. It now says they were left by a run that was killed and that
+    the next run does them again; --json says whether a run holds OUT (run_in_progress)."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for n in range(6):
+        shutil.copyfile(JPG, scans / f"p{n}.jpg")
+    out = tmp_path / "out"
+    slow = ["--max-new-tokens", "200", "--no-repetition-guard", "--batch-size", "6"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", str(scans), "--out", str(out), "--model",
+         str(tiny_model_dir), *FAST, "--workers", "1", "--quiet", *slow],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _running_pages(out) == 0:
+            assert process.poll() is None, "the run ended before any page was claimed"
+            assert time.monotonic() < deadline, "no page claimed in 300 s"
+            time.sleep(0.05)
+        live = json.loads(cli("status", str(out), "--json").stdout)
+        assert live["run_in_progress"] is True
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    time.sleep(1)  # the workers die with the coordinator (parent-death signal)
+    result = cli("status", str(out))
+    assert result.returncode == ExitCode.OK, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "running (left by a run that was killed; the next run does them again)" in first
+    report = json.loads(cli("status", str(out), "--json").stdout)
+    assert report["run_in_progress"] is False and report["pages"]["running"] > 0

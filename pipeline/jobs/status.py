@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from pipeline.errors import BadArguments, ExitCode
 from pipeline.jobs import open_catalogue, reported_store_errors
+from pipeline.jobs.connect import LOCK_NAME, STATE_DIR
 from pipeline.jobs.records import StoreSummary
 
 _SHOWN_FAILURES = 50
@@ -49,10 +52,42 @@ def _per_node(devices: list[dict]) -> list[dict]:
     return list(nodes.values())
 
 
+def run_in_progress(out_dir: Path) -> bool | None:
+    """Whether a run holds OUT now (its lock taken); None where that cannot be told. Pages a
+    run killed with SIGKILL left 'running' are not running: the next run does them again."""
+    try:
+        fd = os.open(Path(out_dir) / STATE_DIR / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False
+
+
+def _page_counts(report: dict) -> str:
+    counts = [f"{count} {state}" for state, count in report["pages"].items()]
+    if report.get("run_in_progress") is False and report["pages"].get("running"):
+        counts = [
+            f"{count} running (left by a run that was killed; the next run does them again)"
+            if state == "running"
+            else text
+            for (state, count), text in zip(report["pages"].items(), counts, strict=True)
+        ]
+    return "pages: " + ", ".join(counts)
+
+
 def _text_lines(report: dict) -> list[str]:
     pages, documents = report["pages"], report["documents"]
     lines = [
-        "pages: " + ", ".join(f"{count} {state}" for state, count in pages.items()),
+        _page_counts(report),
         "documents: "
         + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in documents.items()),
     ]
@@ -101,6 +136,7 @@ def print_status(out_dir: Path, *, as_json: bool = False) -> ExitCode:
         raise BadArguments(f"{out_dir} holds no run: start one with `anandasky-batch run`")
     with reported_store_errors(out_dir), open_catalogue(out_dir) as store:
         report = status_report(store.summary())
+    report["run_in_progress"] = run_in_progress(out_dir)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
