@@ -276,3 +276,29 @@ def test_status_after_a_run_was_killed_does_not_show_its_pages_as_still_running(
     assert "running (left by a run that was killed; the next run does them again)" in first
     report = json.loads(cli("status", str(out), "--json").stdout)
     assert report["run_in_progress"] is False and report["pages"]["running"] > 0
+
+
+@pytest.mark.slow
+def test_new_config_does_not_report_the_old_pages_files_as_left_by_a_crash(
+    tiny_model_dir, tmp_path
+):
+    """`run --new-config` after changing a setting: users saw the warning '2 page(s) already
+    have output files ... but the job store does not record them as done (a run stopped
+    between writing and recording them, or the store lost its latest writes)', which sends
+    them looking for a crash or a damaged store. run.log now says --new-config redoes the pages
+    done under the old settings, and no warning is printed."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for n in range(2):
+        shutil.copyfile(JPG, scans / f"p{n}.jpg")
+    out = tmp_path / "out"
+    base = ["run", str(scans), "--out", str(out), "--model", str(tiny_model_dir), *FAST]
+    assert cli(*base).returncode == ExitCode.OK
+    result = cli(*base, "--max-new-tokens", "8", "--new-config")  # later options win
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "already have output files" not in result.stderr
+    log = (out / "run.log").read_text()
+    assert "already have output files" not in log
+    assert "--new-config: the settings changed; the 2 page(s) done under the old ones" in log
+    for n in range(2):
+        assert_valid_alto(out / f"pages/p{n}.jpg/0001.alto.xml")

@@ -95,9 +95,17 @@ def _run_with_store(
         device_type=slots[0].device_type,
         code_checksum=model_code_checksum(settings.model_dir),
     )
+    done_before = store.summary().pages["done"] if settings.new_config else 0
     added = store.check_fingerprint(
         fingerprint, new_config=settings.new_config, implied=IMPLIED_BY_OLDER_STORES
     )
+    redone = done_before - store.summary().pages["done"] if done_before else 0
+    if redone:
+        log.info(
+            "--new-config: the settings changed; the %d page(s) done under the old ones are "
+            "redone and their files replaced",
+            redone,
+        )
     for key in added:
         log.warning(
             "this output folder was started by a version that did not record %s; recorded "
@@ -109,7 +117,7 @@ def _run_with_store(
         )
     store.save_settings(settings.to_stored())
     model = ModelStamp(Path(settings.model_dir).resolve().name, model_checksum, prompt)
-    return run_pass(settings, store, slots, model, inputs, placement)
+    return run_pass(settings, store, slots, model, inputs, placement, redoing=redone > 0)
 
 
 def resume_collection(

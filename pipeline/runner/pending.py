@@ -33,8 +33,18 @@ def _key(task: PageTask) -> tuple[str, int]:
 class PendingPages:
     """The pages still to hand to loaders: a window onto the queue plus pages given back."""
 
-    def __init__(self, queue: WorkQueue, out_dir: Path, formats, chunk: int = CHUNK_PAGES) -> None:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        out_dir: Path,
+        formats,
+        chunk: int = CHUNK_PAGES,
+        *,
+        files_expected: bool = False,
+    ) -> None:
         self.queue = queue
+        # --new-config made done pages pending again: their files are expected, not a crash's.
+        self.files_expected = files_expected
         self.out_dir = out_dir
         self.formats = formats
         self.chunk = chunk
@@ -90,8 +100,10 @@ class PendingPages:
                 folders[relpath] = output_folder(self.out_dir, relpath).is_dir()
                 if folders[relpath]:  # temp files exist only where a crash stopped a write
                     remove_stale_temp_files(self.out_dir, relpath)
-            if folders[relpath] and page_outputs_complete(
-                self.out_dir, relpath, task.page_index + 1, self.formats
+            if (
+                folders[relpath]
+                and not self.files_expected
+                and page_outputs_complete(self.out_dir, relpath, task.page_index + 1, self.formats)
             ):
                 unrecorded += 1
         if unrecorded:

@@ -34,8 +34,12 @@ def run_pass(
     model: ModelStamp,
     inputs: list[Path],
     placement: Placement,
+    *,
+    redoing: bool = False,
 ) -> ExitCode:
-    """Run every pending page of `backend` once; the exit code that says how it went."""
+    """Run every pending page of `backend` once; the exit code that says how it went.
+    `redoing`: --new-config has just made every page pending again (their files stay until
+    replaced, and are no sign of a crash)."""
     started = time.monotonic()
     stages = StageTimes()
     options = worker_options(settings, slots, model.prompt)
@@ -66,7 +70,9 @@ def run_pass(
             retried = backend.retry_failed()
             if retried:
                 log.info("retrying %d page(s) that failed in earlier runs", retried)
-            pending = PendingPages(backend, settings.out_path, settings.formats)
+            pending = PendingPages(
+                backend, settings.out_path, settings.formats, files_expected=redoing
+            )
             progress = RunProgress(
                 total=pending.remaining,
                 quiet=settings.quiet,
