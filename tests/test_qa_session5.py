@@ -139,10 +139,17 @@ def test_ray_local_run_with_an_unwritable_model_cache_loads_the_model_in_place(
 
 
 def ray_local_run(
-    model, tmp_path: Path, out: Path, *extra: str, unwritable_cache: bool = False
+    model,
+    tmp_path: Path,
+    out: Path,
+    *extra: str,
+    unwritable_cache: bool = False,
+    fault: str | None = None,
+    pages: int = 1,
 ) -> subprocess.CompletedProcess:
-    """`run --ray local` on one page, the cluster in a temp folder of its own (FAULT INJECTION
-    with `unwritable_cache`: the model cache path there is a file)."""
+    """`run --ray local` on `pages` copies of a page, the cluster in a temp folder of its own
+    (FAULT INJECTION with `unwritable_cache`: the model cache path there is a file; `fault`:
+    ANANDASKY_TEST_FAULT of the cluster's node)."""
     pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="q5", dir="/tmp")  # short: Ray's socket paths must fit
     try:
@@ -151,11 +158,15 @@ def ray_local_run(
             Path(temp, "ray", model_shipping.CACHE_FOLDER).write_text("not a folder")
         scans = tmp_path / "scans"
         scans.mkdir()
-        shutil.copyfile(JPG, scans / "a.jpg")
+        for n in range(pages):
+            shutil.copyfile(JPG, scans / ("a.jpg" if n == 0 else f"a{n}.jpg"))
+        env = {**os.environ, "RAY_TMPDIR": temp}
+        if fault:
+            env["ANANDASKY_TEST_FAULT"] = fault
         return subprocess.run(
             [sys.executable, "-m", "cli", "run", str(scans), "--out", str(out), "--model",
              str(model), *FAST, "--ray", "local", *extra],
-            capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_TMPDIR": temp},
+            capture_output=True, text=True, timeout=600, env=env,
             cwd=Path(__file__).resolve().parents[1],
         )  # fmt: skip
     finally:
@@ -302,3 +313,21 @@ def test_new_config_does_not_report_the_old_pages_files_as_left_by_a_crash(
     assert "--new-config: the settings changed; the 2 page(s) done under the old ones" in log
     for n in range(2):
         assert_valid_alto(out / f"pages/p{n}.jpg/0001.alto.xml")
+
+
+@pytest.mark.slow
+def test_a_model_shipped_in_this_run_is_not_called_an_earlier_shipment(tiny_model_dir, tmp_path):
+    """FAULT INJECTION `node:no-model`: the one node lacks the model folder, its cache is new.
+    One of its two actors gets the files; the other finds them written and loads them. Its
+    line said 'loads the model from its cache of an earlier shipment' on the very first run,
+    as if a cache had been there before; it now says the model was shipped in this run."""
+    out = tmp_path / "out"
+    slow = ("--max-new-tokens", "200", "--no-repetition-guard", "--batch-size", "1")
+    result = ray_local_run(tiny_model_dir, tmp_path, out, *slow, fault="node:no-model", pages=12)
+    assert result.returncode == ExitCode.OK, result.stderr
+    log = (out / "run.log").read_text()
+    ready = [line for line in log.splitlines() if " ready on " in line]
+    assert len(ready) == 2, ready  # both actors loaded: one from the files, one from the cache
+    assert "model folder: shipped" in log and "model folder: cache" in log
+    assert "earlier shipment" not in log
+    assert "loads the model shipped to it in this run" in log

@@ -234,6 +234,7 @@ class ModelShipment:
         self.identity: ModelIdentity | None = None
         self._shipped: tuple[ShippedFile, ...] | None = None
         self._noted: set[tuple[str, str]] = set()  # (node id, what) already in run.log
+        self._shipped_to: set[str] = set()  # nodes sent the files in this run
 
     def start(self) -> None:
         """Describe the folder (its weights checksum remembered in the head node's cache, where
@@ -246,6 +247,7 @@ class ModelShipment:
 
     def files_for(self, node_id: str, node_ip: str, why: str) -> tuple[ShippedFile, ...]:
         """The files' object references, put once; the node's reason logged once."""
+        self._shipped_to.add(node_id)
         if (node_id, why) not in self._noted:
             self._noted.add((node_id, why))
             log.warning("node %s (%s) %s; shipping it from the driver", node_ip, node_id[:8], why)
@@ -281,6 +283,11 @@ class ModelShipment:
             log.info(
                 "model shipped to node %s (%s): %.1f MB in %.1f s, cached in %s",
                 node_ip, node_id[:8], source.bytes / 1e6, source.seconds, source.folder,
+            )  # fmt: skip
+        elif node_id in self._shipped_to:  # another actor of the node wrote it in this run
+            log.info(
+                "node %s (%s) loads the model shipped to it in this run (%s)",
+                node_ip, node_id[:8], source.folder,
             )  # fmt: skip
         else:
             log.info(
