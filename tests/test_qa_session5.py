@@ -5,6 +5,7 @@ Each test names what the user saw; it failed before its fix.
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing as mp
 import os
@@ -19,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TESTDATA, assert_valid_alto
+from conftest import TESTDATA, assert_valid_alto, assert_valid_xml
 from test_ingest_damaged_tiff import _outcome, _page_offsets, _pages, _tiff
 
 from pipeline.cluster import model_shipping
@@ -331,3 +332,53 @@ def test_a_model_shipped_in_this_run_is_not_called_an_earlier_shipment(tiny_mode
     assert "model folder: shipped" in log and "model folder: cache" in log
     assert "earlier shipment" not in log
     assert "loads the model shipped to it in this run" in log
+
+
+def _tiff_with_thumbnails(pages: list) -> bytes:
+    """Each page followed by its thumbnail (NewSubfileType 1), as many scanners write."""
+    from PIL import TiffImagePlugin
+
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer, new=True) as tiff:
+        for page in pages:
+            for image, subfile in ((page, 0), (page.resize((12, 6)), 1)):
+                image.save(tiff, "TIFF", tiffinfo={254: subfile})
+                tiff.newFrame()
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_export_pdf_of_tiffs_with_thumbnails_or_cut_short_makes_the_right_pages_or_says_why(
+    tiny_model_dir, tmp_path
+):
+    """`export --format pdf` after a run over a TIFF with thumbnails (3 pages) and a TIFF cut
+    after its second page (now done in part, since the run keeps a cut TIFF's first pages).
+    The thumbnails became pages of the PDF, so it was refused as 'its source now has 6 pages
+    where the run counted 3; run the same `run` command again', and the cut TIFF crashed the
+    export: 'internal error (TypeError: Missing dimensions)', exit 15. Now the first PDF has
+    the 3 pages, and the cut TIFF gets no PDF with one line saying why (exit 1, as for any
+    page not delivered)."""
+    import pikepdf
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    pages = _pages(3, size=(400, 300))
+    (scans / "thumbs.tif").write_bytes(_tiff_with_thumbnails(pages))
+    whole = _tiff(pages, "tiff_lzw")  # libtiff: each page's header after its pixels
+    (scans / "cut.tif").write_bytes(whole[: _page_offsets(whole)[2] - 10])  # in page 3
+    out, delivered = tmp_path / "out", tmp_path / "delivered"
+    run = cli("run", str(scans), "--out", str(out), "--model", str(tiny_model_dir), *FAST)
+    assert run.returncode == ExitCode.SOME_PAGES_FAILED, run.stderr  # cut.tif page 3
+    result = cli("export", str(out), "--to", str(delivered), "--format", "pdf,mets")
+    assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "UserWarning" not in result.stderr and "TIFFAdvanceDirectory" not in result.stderr
+    with pikepdf.open(delivered / "documents/thumbs.tif/searchable.pdf") as pdf:
+        assert len(pdf.pages) == 3
+        sizes = {tuple(float(v) for v in page.mediabox[2:]) for page in pdf.pages}
+        assert len(sizes) == 1 and min(next(iter(sizes))) > 20  # pages, not 12 x 6 thumbnails
+    assert not (delivered / "documents/cut.tif/searchable.pdf").exists()
+    report = (delivered / "export-report.json").read_text()
+    assert "cut or damaged" in report and "copy the file again" in report
+    for mets in delivered.glob("documents/*/mets.xml"):
+        assert_valid_xml(mets, "mets.xsd")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import img2pdf
@@ -75,10 +76,11 @@ def _read_source(doc: ExportDocument) -> bytes:
     return data
 
 
-def _as_seen(data: bytes) -> list[bytes]:
-    """Each frame as the run saw it (EXIF-turned, transparency on white paper, deep or exotic
-    modes made 8-bit RGB by the same `to_rgb`), as PNG with the file's DPI: for the images
-    img2pdf will not embed as they are. The pixels a reader sees are kept, without loss."""
+def _as_seen(data: bytes, frames: tuple[int, ...] | None = None) -> list[bytes]:
+    """Each frame (of `frames`, else all) as the run saw it (EXIF-turned, transparency on white
+    paper, deep or exotic modes made 8-bit RGB by the same `to_rgb`), as PNG with the file's
+    DPI: for the images img2pdf will not embed as they are, and the pages of a TIFF that also
+    holds thumbnails. The pixels a reader sees are kept, without loss."""
     from PIL import Image, ImageOps
 
     from pipeline.ingest.images import to_rgb
@@ -86,7 +88,7 @@ def _as_seen(data: bytes) -> list[bytes]:
     pages = []
     with Image.open(io.BytesIO(data)) as image:
         dpi = image.info.get("dpi")
-        for index in range(getattr(image, "n_frames", 1)):
+        for index in frames if frames is not None else range(getattr(image, "n_frames", 1)):
             image.seek(index)
             out = io.BytesIO()
             frame = to_rgb(ImageOps.exif_transpose(image.copy()))
@@ -100,6 +102,9 @@ def _base_pdf(data: bytes) -> pikepdf.Pdf:
     try:
         if data.startswith(b"%PDF") or b"%PDF-" in data[:1024]:
             return pikepdf.open(io.BytesIO(data))
+        pages = _tiff_pages(data)
+        if pages is not None:  # thumbnails or masks beside the pages: the pages alone
+            return pikepdf.open(io.BytesIO(img2pdf.convert(_as_seen(data, pages), nodate=True)))
         try:
             return pikepdf.open(io.BytesIO(img2pdf.convert(data, nodate=True)))
         except (img2pdf.AlphaChannelError, img2pdf.UnsupportedColorspaceError, ValueError):
@@ -107,6 +112,33 @@ def _base_pdf(data: bytes) -> pikepdf.Pdf:
             return pikepdf.open(io.BytesIO(img2pdf.convert(_as_seen(data), nodate=True)))
     except (pikepdf.PdfError, *_IMG2PDF_ERRORS, ValueError, OSError) as exc:
         raise PdfUnavailable(f"its source cannot be made into PDF pages ({exc})") from None
+
+
+def _tiff_pages(data: bytes) -> tuple[int, ...] | None:
+    """For a TIFF that holds frames other than pages (thumbnails, masks), the frames that are
+    pages; None for any other file. A TIFF cut or damaged after its first pages (which the run
+    kept) cannot become a PDF of all its pages: PdfUnavailable says so."""
+    if not data.startswith((b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")):
+        return None
+    from PIL import Image
+
+    from pipeline.ingest.tiff_pages import page_frames
+
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
+            warnings.simplefilter("ignore")  # Pillow's "Truncated File Read" on a cut file
+            frames = page_frames(image)
+            count = len(frames.pages)
+            every = count == getattr(image, "n_frames", count) if not frames.damaged else False
+    except Exception:
+        return None  # img2pdf's own reading reports what is wrong
+    if frames.damaged:
+        raise PdfUnavailable(
+            f"its source TIFF is cut or damaged after page {count} (the run read only the "
+            "pages before the damage); copy the file again from the source, run again, then "
+            "export"
+        )
+    return None if every else frames.pages
 
 
 def seen_size(page: pikepdf.Page) -> tuple[float, float]:
