@@ -28,6 +28,7 @@ from cli_options import (
     checked_model_folder,
     show_version,
     split_list,
+    stop_on_sigterm_as_on_ctrl_c,
 )
 from pipeline.errors import AnandaSkyError, ExitCode
 
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     its code; anything unforeseen is an internal error (exit 15) whose traceback goes to the run
     log (or a file in the temp folder), never to the terminal.
     """
+    stop_on_sigterm_as_on_ctrl_c()
     if getattr(sys.stdout, "errors", None) == "strict":  # a name that is not UTF-8 prints
         sys.stdout.reconfigure(errors="backslashreplace")  # escaped, never crashes a command
     command = typer.main.get_command(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -138,3 +139,19 @@ def show_version(value: bool) -> None:
 
         print(f"anandasky-batch {__version__}")
         raise typer.Exit(int(ExitCode.OK))
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (docker stop, systemd, SLURM) ends a command as Ctrl-C does: exit 130, quietly.
+
+    A run's own handler (`pipeline.runner.stopping`) takes over while pages are in flight; this
+    one covers the rest of a command (checking the model, summing up, `status`, `export`),
+    where the default action killed the process with -15. A SIGTERM that is ignored (nohup,
+    a parent's choice) stays ignored.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from conftest import GOOD_PAGES
+from PIL import Image
 from test_run_end_to_end import (
     assert_complete_outputs,
     attempts,
@@ -169,3 +171,26 @@ def test_a_loader_pool_whose_child_crashed_ends_the_others_instead_of_hanging():
     assert not closing.is_alive(), "the broken pool still waits for its other child"
     with pytest.raises(BrokenProcessPool):
         busy.result(timeout=0)
+
+
+def test_sigterm_while_the_model_is_checked_exits_130_as_ctrl_c_does(tmp_path, tiny_model_dir):
+    """Before any page is in flight (here: hashing a large weights file, as on a slow network
+    share) a SIGTERM killed the run (-15); now it ends as Ctrl-C there does: quietly, 130."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    # A sparse 4 GiB weights file: hashing it takes seconds, it occupies no disk.
+    with open(model / "model.safetensors", "r+b") as weights:
+        weights.truncate(4 << 30)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.new("RGB", (60, 40), "white").save(inputs / "a.png")
+    out = tmp_path / "out"
+    process = start_cli(*run_args(inputs, out, model))
+    deadline = time.monotonic() + 60
+    while not (out / "run.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the checksum
+    os.kill(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stdout + stderr
