@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TESTDATA, assert_valid_alto
+from test_run_end_to_end import cli
 
 from pipeline.errors import ExitCode
 from pipeline.jobs.sqlite_store import JobStore
@@ -30,16 +31,6 @@ NOT_PAGES = {  # name -> content: what archive folders hold beside their scans
     "Thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(200),
     "finding-aid.docx": b"PK\x03\x04" + bytes(100),
 }
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).resolve().parents[1],
-    )
 
 
 def run(inputs: list[Path], out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -132,8 +132,17 @@ def test_a_document_overwritten_during_the_run_is_redone_from_its_new_content(
     assert status["documents"]["done"] == 1 and status["documents"]["failed"] == 0
 
 
-def _new_pool() -> ProcessPoolExecutor:
+def new_pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+
+
+def register_for_changes(
+    store: JobStore, out: Path, scans: Path, ingest: IngestSettings
+) -> SourceChanges:
+    """`scans` registered in `store` as a run does; the coordinator's side of source changes."""
+    registrar = DocumentRegistrar(store, out, ingest, new_pool)
+    registrar.register([scans], new_pool()).shutdown()
+    return SourceChanges(store, out, ingest, new_pool)
 
 
 def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
@@ -143,10 +152,8 @@ def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
     shutil.copyfile(PDF_3, doc)
     ingest = IngestSettings(dpi=60)
     with JobStore.open(out) as store:
-        registrar = DocumentRegistrar(store, out, ingest, _new_pool)
-        registrar.register([scans], _new_pool()).shutdown()
+        changes = register_for_changes(store, out, scans, ingest)
         old = store.pending_pages()
-        changes = SourceChanges(store, out, ingest, _new_pool)
 
         def handled_then_drained() -> list:
             """The first page goes to a loader, which finds its file changed; what follows."""

@@ -1,4 +1,5 @@
-"""Defects found by exploratory QA of session 5's features, each pinned by the test that showed it.
+"""Defects found by exploratory QA (decode graphs, model shipping, damaged TIFFs, status, export),
+each pinned by the test that showed it.
 
 Each test names what the user saw; it failed before its fix.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -16,39 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import TESTDATA, assert_valid_alto, assert_valid_xml
 from test_ingest_damaged_tiff import _outcome, _page_offsets, _pages, _tiff
+from test_inputs_changes import PDF_3, PDF_6, register_for_changes
+from test_run_end_to_end import cli
 
 from pipeline.cluster import model_shipping
 from pipeline.errors import DevicesLost, DocumentError, ExitCode
 from pipeline.ingest.documents import IngestSettings, probe_document
-from pipeline.ingest.registration import DocumentRegistrar
 from pipeline.jobs.sqlite_store import JobStore
 from pipeline.runner.pending import PendingPages
-from pipeline.runner.reregistration import SourceChanges
 
-PDF_6 = TESTDATA / "pages/pdf/vicksburg_sample_ocr_6p.pdf"
-PDF_3 = TESTDATA / "pages/pdf/olmocr_mattsnotes_3p.pdf"
 JPG = TESTDATA / "pages/vertical/jp_vert.jpg"
 FAST = ["--device", "cpu", "--max-new-tokens", "12", "--dpi", "100", "--detector", "none"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-
-
-def _new_pool() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
 
 
 def test_a_last_document_that_grows_after_the_queue_was_read_to_its_end_gets_every_new_page(
@@ -63,9 +46,7 @@ def test_a_last_document_that_grows_after_the_queue_was_read_to_its_end_gets_eve
     shutil.copyfile(PDF_3, doc)
     ingest = IngestSettings(dpi=60)
     with JobStore.open(out) as store:
-        registrar = DocumentRegistrar(store, out, ingest, _new_pool)
-        registrar.register([scans], _new_pool()).shutdown()
-        changes = SourceChanges(store, out, ingest, _new_pool)
+        changes = register_for_changes(store, out, scans, ingest)
         pending = PendingPages(store, out, ("alto", "txt"))
         popped = []
         while pending:  # every page handed to loaders: the queue is read to its end
