@@ -31,7 +31,7 @@ from pipeline.cluster.model_shipping import (
     model_here,
 )
 from pipeline.errors import BadArguments
-from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error
+from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error, load_failure
 from pipeline.runner.model_session import ModelSession, WorkerOptions
 
 
@@ -135,7 +135,6 @@ class ModelActor:
         """Load the model: from the folder at the driver's path when this node holds it with
         `identity`'s bytes, else from the node's cache of the files the driver `shipped`
         (`NeedsModel` asks for them)."""
-        from pipeline.errors import AnandaSkyError, ExitCode
 
         if self.device_type == "cpu" and self.resource != "GPU":
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU actor leaves GPUs alone
@@ -149,10 +148,7 @@ class ModelActor:
             options = replace(self.options, model_dir=source.folder) if source else self.options
             self.session = ModelSession.load(options, torch_device)
         except Exception as exc:  # reported to the driver, which stops the run
-            code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
-            # An anticipated error's message is written for the user; its class name is not.
-            text = str(exc) if isinstance(exc, AnandaSkyError) else describe_error(exc)
-            return ActorFailed(text, int(code))
+            return ActorFailed(*load_failure(exc))
         threading.Thread(target=self._serve, name="job-stream", daemon=True).start()
         return ActorReady(
             self.session.device, self.session.load_s, source, self.session.decode_mode

@@ -21,7 +21,7 @@ from pipeline.errors import BadArguments
 from pipeline.records import Recognition
 from pipeline.runner.child_process import prepare_child_process
 from pipeline.runner.device_plan import WorkerSlot, pin_to_slot
-from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, describe_error
+from pipeline.runner.job_stream import JobDone, JobFailed, JobStream, load_failure
 from pipeline.runner.model_session import ModelSession, WorkerOptions
 
 
@@ -80,14 +80,7 @@ def device_worker_main(
     try:
         session = ModelSession.load(options, slot.torch_device)
     except Exception as exc:  # reported to the coordinator, which stops the run
-        from pipeline.errors import AnandaSkyError, ExitCode
-
-        # Not an error we anticipated (driver fault, out of memory at load): not the user's
-        # arguments either, so not BAD_ARGUMENTS; the device is as good as lost.
-        code = exc.exit_code if isinstance(exc, AnandaSkyError) else ExitCode.DEVICES_LOST
-        # An anticipated error's message is written for the user; its class name is not.
-        text = str(exc) if isinstance(exc, AnandaSkyError) else describe_error(exc)
-        results.put(WorkerFailed(worker_id, slot.label, text, int(code)))
+        results.put(WorkerFailed(worker_id, slot.label, *load_failure(exc)))
         return
     visible = os.environ.get(slot.visible_variable) if slot.visible_variable else None
     results.put(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipeline.errors import BadArguments
+from pipeline.errors import AnandaSkyError, BadArguments, ExitCode
 from pipeline.faults import injected_fault
 from pipeline.model.feeds import JobFeed
 from pipeline.records import Recognition
@@ -58,6 +58,18 @@ def describe_error(exc: BaseException) -> str:
     """One line for an exception: its type and the first line of its message."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_failure(exc: BaseException) -> tuple[str, int]:
+    """What a worker or an actor reports when its model cannot load: the line and exit code.
+
+    An anticipated error keeps its code and its message, written for the user (no class name);
+    anything else (a driver fault, out of memory at load) is not the user's arguments, so not
+    BAD_ARGUMENTS: the device is as good as lost.
+    """
+    if isinstance(exc, AnandaSkyError):
+        return str(exc), int(exc.exit_code)
+    return describe_error(exc), int(ExitCode.DEVICES_LOST)
 
 
 def flatten(items: list[Item]) -> tuple[list[Image.Image], list[int | None]]:
