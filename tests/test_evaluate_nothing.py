@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TESTDATA
+from conftest import TESTDATA
+from test_run_end_to_end import cli
 
 from pipeline.errors import ExitCode
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    return cli("evaluate", *args)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -115,14 +109,10 @@ def test_evaluate_of_a_run_whose_only_gt_document_failed_exits_6(
     inputs, out, gt = tmp_path / "in", tmp_path / "out", tmp_path / "gt"
     inputs.mkdir()
     (inputs / "scan.jpg").write_bytes((TESTDATA / "malformed/zero_bytes.jpg").read_bytes())
-    run = subprocess.run(
-        [sys.executable, "-m", "cli", "run", str(inputs), "--out", str(out)]
-        + ["--model", str(tiny_model_dir), "--device", "cpu", "--workers", "1", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    run = cli(
+        "run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir),
+        "--device", "cpu", "--workers", "1", "--quiet",
+    )  # fmt: skip
     assert run.returncode == ExitCode.SOME_PAGES_FAILED, run.stderr
     gt.mkdir()
     (gt / "scan.txt").write_text("transcribed by hand\n", encoding="utf-8")

@@ -6,26 +6,25 @@ import io
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_run_end_to_end import cli
 
 from pipeline.errors import DocumentError, ExitCode, PageError
 from pipeline.ingest.documents import IngestSettings, load_page, probe_document
 from pipeline.layout.geometry import PAGE_SIZE_KEY
 
 SETTINGS = IngestSettings(dpi=36)
-REPO = Path(__file__).resolve().parents[1]
-RUN_OPTIONS = ["--device", "cpu", "--workers", "1", "--max-new-tokens", "8", "--dpi", "72"]
+QUICK = ["--device", "cpu", "--workers", "1", "--max-new-tokens", "8", "--dpi", "72"]
+QUICK += ["--detector", "none"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600, cwd=REPO
-    )
+def run_quick(inputs: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
+    """`run` with the tiny model, short pages and no line detection."""
+    return cli("run", str(inputs), "--out", str(out), "--model", str(model), *QUICK)
 
 
 @pytest.mark.slow
@@ -40,10 +39,7 @@ def test_fifos_and_devices_among_the_inputs_are_reported_as_skipped(
     os.mkfifo(inputs / "pipe.png")
     (inputs / "zero.tif").symlink_to("/dev/zero")
     out = tmp_path / "out"
-    result = _cli(
-        "run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir), *RUN_OPTIONS,
-        "--detector", "none",
-    )  # fmt: skip
+    result = run_quick(inputs, out, tiny_model_dir)
     assert result.returncode == ExitCode.OK, result.stderr
     assert "Traceback" not in result.stderr
     expected = [
@@ -54,7 +50,7 @@ def test_fifos_and_devices_among_the_inputs_are_reported_as_skipped(
     for line in expected:
         assert line in lines, result.stderr
         assert f"WARNING {line}\n" in (out / "run.log").read_text()
-    status = _cli("status", str(out))
+    status = cli("status", str(out))
     for name, kind in (("pipe.png", "a FIFO"), ("zero.tif", "a character device")):
         assert any(name in row and kind in row for row in status.stdout.splitlines()), status.stdout
 
@@ -158,15 +154,12 @@ def test_run_fails_only_the_absurd_pdf_page_and_says_so(tmp_path: Path, tiny_mod
     inputs.mkdir()
     _pdf(inputs / "atlas.pdf", (595, 842), (HUGE_PT, 842))
     out = tmp_path / "out"
-    result = _cli(
-        "run", str(inputs), "--out", str(out), "--model", str(tiny_model_dir), *RUN_OPTIONS,
-        "--detector", "none",
-    )  # fmt: skip
+    result = run_quick(inputs, out, tiny_model_dir)
     assert result.returncode == ExitCode.SOME_PAGES_FAILED, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("atlas.pdf page 2: ")]
     assert "page too large: it declares 10,000,000 x 842 pt" in line, line
     assert_valid_alto((out / "pages/atlas.pdf/0001.alto.xml").read_bytes())
     assert not (out / "pages/atlas.pdf/0002.alto.xml").exists()
-    status = _cli("status", str(out)).stdout
+    status = cli("status", str(out)).stdout
     assert "atlas.pdf page 2: page too large" in status

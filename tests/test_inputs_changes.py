@@ -7,17 +7,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TESTDATA, assert_valid_alto
+from test_registration import new_pool
 
 from pipeline.errors import ExitCode
 from pipeline.ingest.documents import IngestSettings
@@ -132,27 +132,31 @@ def test_a_document_overwritten_during_the_run_is_redone_from_its_new_content(
     assert status["documents"]["done"] == 1 and status["documents"]["failed"] == 0
 
 
-def new_pool() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-
-
-def register_for_changes(
-    store: JobStore, out: Path, scans: Path, ingest: IngestSettings
-) -> SourceChanges:
-    """`scans` registered in `store` as a run does; the coordinator's side of source changes."""
-    registrar = DocumentRegistrar(store, out, ingest, new_pool)
-    registrar.register([scans], new_pool()).shutdown()
-    return SourceChanges(store, out, ingest, new_pool)
-
-
-def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
+@contextlib.contextmanager
+def registered_pdf(tmp_path: Path) -> Iterator[tuple[JobStore, SourceChanges, Path, Path]]:
+    """scans/doc.pdf (3 pages) registered in OUT's store as a run does: the store, the
+    coordinator's side of source changes, the document and OUT."""
     scans, out = tmp_path / "scans", tmp_path / "out"
     scans.mkdir()
     doc = scans / "doc.pdf"
     shutil.copyfile(PDF_3, doc)
     ingest = IngestSettings(dpi=60)
     with JobStore.open(out) as store:
-        changes = register_for_changes(store, out, scans, ingest)
+        registrar = DocumentRegistrar(store, out, ingest, new_pool)
+        registrar.register([scans], new_pool()).shutdown()
+        yield store, SourceChanges(store, out, ingest, new_pool), doc, out
+
+
+def drained(pending: PendingPages) -> list:
+    """Every page left in `pending`, in the order loaders would get them."""
+    pages = []
+    while pending:
+        pages.append(pending.pop())
+    return pages
+
+
+def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
+    with registered_pdf(tmp_path) as (store, changes, doc, out):
         old = store.pending_pages()
 
         def handled_then_drained() -> list:
@@ -160,10 +164,7 @@ def test_the_coordinator_side_requeues_new_pages_and_drops_stale_ones(tmp_path):
             pending = PendingPages(store, out, ("alto", "txt"))
             first = pending.pop()
             changes.handle(first, pending)
-            drained = []
-            while pending:
-                drained.append(pending.pop())
-            return drained
+            return drained(pending)
 
         # Changed back (same content, new mtime) before it was read: the page simply goes on.
         os.utime(doc, ns=(old[0].mtime_ns + 10**9,) * 2)

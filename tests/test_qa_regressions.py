@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTDATA, assert_valid_alto, assert_valid_xml
 from test_ingest_damaged_tiff import _outcome, _page_offsets, _pages, _tiff
-from test_inputs_changes import PDF_3, PDF_6, register_for_changes
+from test_inputs_changes import PDF_6, drained, registered_pdf
 from test_run_end_to_end import cli
 
 from pipeline.cluster import model_shipping
@@ -40,23 +40,13 @@ def test_a_last_document_that_grows_after_the_queue_was_read_to_its_end_gets_eve
     """A cut TIFF (or any file) last in the collection, replaced by its complete copy while its
     pages were being loaded: the run used to finish with its new pages past the old count left
     pending ('1 pending' after a run that was never interrupted)."""
-    scans, out = tmp_path / "scans", tmp_path / "out"
-    scans.mkdir()
-    doc = scans / "doc.pdf"
-    shutil.copyfile(PDF_3, doc)
-    ingest = IngestSettings(dpi=60)
-    with JobStore.open(out) as store:
-        changes = register_for_changes(store, out, scans, ingest)
+    with registered_pdf(tmp_path) as (store, changes, doc, out):
         pending = PendingPages(store, out, ("alto", "txt"))
-        popped = []
-        while pending:  # every page handed to loaders: the queue is read to its end
-            popped.append(pending.pop())
+        popped = drained(pending)  # every page handed to loaders: the queue is read to its end
         shutil.copyfile(PDF_6, doc)  # the complete copy arrives
         changes.handle(popped[-1], pending)  # a loader finds the file changed
         assert pending.remaining == 6
-        redo = []
-        while pending:
-            redo.append(pending.pop())
+        redo = drained(pending)
     assert [t.page_index for t in redo] == [0, 1, 2, 3, 4, 5]
     assert pending.remaining == 0
 

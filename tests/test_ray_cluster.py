@@ -111,6 +111,22 @@ def faulty_node(cluster, fault: str, **node_args):
         del os.environ["ANANDASKY_TEST_FAULT"]
 
 
+def run_with_a_blind_actor_node(out: Path, pages, model, cluster, local_run) -> str:
+    """FAULT INJECTION: a `--ray-loading nodes` run whose one actor sits on a node added with
+    node:blind (its load tasks find no input, as on a server without the share), one page per
+    batch so load tasks are sent all along the run; its outputs are a local run's. The blind
+    node's id, for the run log's lines about it."""
+    blind = faulty_node(cluster, "node:blind", resources={"EYE": 1})
+    try:
+        extra = ("--ray-loading", "nodes", "--batch-size", "1")
+        result = cli(*ray_args(pages, out, model, cluster, "EYE", *extra))
+    finally:
+        cluster.remove_node(blind)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    return blind.node_id
+
+
 def ray_args(pages, out, model, cluster, resource="NPU", *extra) -> list[str]:
     ray = ("--ray", cluster.address, "--ray-resource", resource, "--quiet")
     return run_args(pages, out, model, *ray, *extra)
@@ -332,19 +348,12 @@ def test_a_node_that_does_not_see_the_inputs_hands_back_only_the_pages_it_alread
     from the first one on the node gets no more load tasks. The run's one actor (on the blind
     node) takes one page per batch, so load tasks are sent all along the run, not all at once;
     the outputs are those of a local run."""
-    blind = faulty_node(cluster, "node:blind", resources={"EYE": 1})
     out = tmp_path / "out"
-    try:
-        extra = ("--ray-loading", "nodes", "--batch-size", "1")
-        result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "EYE", *extra))
-    finally:
-        cluster.remove_node(blind)
-    assert result.returncode == ExitCode.OK, result.stderr
-    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    blind_id = run_with_a_blind_actor_node(out, pages, tiny_model_dir, cluster, local_run)
     log = (out / "run.log").read_text()
     assert re.search(r"node \S+ does not see the file .*; the head loads the pages", log)
     ((node, handed, out_then, sent_later),) = HANDED_BACK.findall(log)
-    assert blind.node_id.startswith(node)
+    assert blind_id.startswith(node)
     total = sum(GOOD_PAGES.values())
     # Only tasks it held when found blind came back; tasks were sent after that, none to it.
     assert 1 <= int(handed) <= int(out_then) < total

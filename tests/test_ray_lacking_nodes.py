@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 import test_ray_cluster
-from test_ray_cluster import HANDED_BACK, faulty_node, loaded_per_node, ray_args
+from test_ray_cluster import (
+    HANDED_BACK,
+    faulty_node,
+    loaded_per_node,
+    ray_args,
+    run_with_a_blind_actor_node,
+)
 from test_run_end_to_end import GOOD_PAGES, assert_complete_outputs, cli, comparable
 
 from pipeline.cluster.model_shipping import CACHE_FOLDER, model_files
@@ -100,15 +106,8 @@ def test_with_every_node_blind_the_head_loads_every_page_and_sends_no_more_tasks
 ):
     """`--ray-loading nodes` on a cluster where no node sees the inputs: once each has handed a
     page back, the head loads the rest itself; the outputs are those of a local run."""
-    node = faulty_node(cluster, "node:blind", resources={"EYE": 1})
     out = tmp_path / "out"
-    try:
-        extra = ("--ray-loading", "nodes", "--batch-size", "1")
-        result = cli(*ray_args(pages, out, tiny_model_dir, cluster, "EYE", *extra))
-    finally:
-        cluster.remove_node(node)
-    assert result.returncode == ExitCode.OK, result.stderr
-    assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == local_run
+    run_with_a_blind_actor_node(out, pages, tiny_model_dir, cluster, local_run)
     total = sum(GOOD_PAGES.values())
     assert loaded_per_node(out) == {"head": total}
     handed = HANDED_BACK.findall((out / "run.log").read_text())
