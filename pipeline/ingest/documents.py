@@ -94,9 +94,10 @@ def discover(
 ) -> Iterator[SourceFile]:
     """Every regular file under `inputs`, depth-first in sorted name order, for a stable run.
 
-    Hidden entries (dot-names) inside folders are skipped; FIFOs, sockets and devices are listed
-    as skipped and never opened (reading one would hang); symlinks that lead back to a folder being walked, `out_dir` and any other
-    folder holding a job store (our own outputs are never inputs). A broken symlink is listed
+    Hidden entries (dot-names) inside folders are skipped, as are symlinks that lead back to a
+    folder being walked, `out_dir` and any other folder holding a job store (our own outputs are
+    never inputs); FIFOs, sockets and devices are listed as skipped and never opened (reading
+    one would hang). A broken symlink is listed
     so that it fails visibly as a document instead of vanishing. Files that are not pages, or
     that `selection` leaves out, are listed with `skipped` set. Missing inputs are reported
     before anything is listed.
