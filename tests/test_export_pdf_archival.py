@@ -18,6 +18,7 @@ from test_export_pdf_layer import LATIN, LATIN_JPG, alto_page, document, normali
 from pipeline.errors import BadArguments
 from pipeline.export.options import ExportOptions
 from pipeline.export.pages import ExportDocument, ExportPage
+from pipeline.export.pdf_archival import ICC_DATE, ICC_FIXED_DATE
 from pipeline.export.pdf_document import PdfUnavailable, build_pdf
 
 PDFA_ID = "http://www.aiim.org/pdfa/ns/id/"
@@ -56,6 +57,8 @@ def test_pdfa_has_an_srgb_output_intent_with_a_real_icc_profile(archival):
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     assert profile.profile.xcolor_space.strip() == "RGB"
     assert "sRGB" in ImageCms.getProfileDescription(profile)
+    # A fixed creation date, not littleCMS's clock: builds a second apart give the same bytes.
+    assert icc[ICC_DATE] == ICC_FIXED_DATE and icc[84:100] == bytes(16)  # no profile ID
 
 
 def test_pdfa_keeps_the_text_and_every_font_is_embedded(archival):

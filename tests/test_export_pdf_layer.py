@@ -26,7 +26,7 @@ from PIL import Image
 
 from pipeline.export.pages import ExportDocument, ExportPage, parse_alto, text_content
 from pipeline.export.pdf_document import PdfUnavailable, build_pdf, seen_size
-from pipeline.export.pdf_font import FAMILY
+from pipeline.export.pdf_font import FAMILY, FONT_DATE
 from pipeline.export.pdf_lines import MIN_SLOTS, page_lines
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
@@ -294,6 +294,8 @@ def test_the_only_font_added_is_glyphless_and_carries_unicode(tmp_path):
     glyf, names = font["glyf"], font.getGlyphOrder()
     assert len(names) >= len(set(CJK[2])), "every character has a glyph of its own"
     assert all(glyf[name].numberOfContours == 0 for name in names), "a glyph paints"
+    # Fixed dates, not the clock's: the same pages give the same PDF bytes whenever exported.
+    assert font["head"].created == font["head"].modified == FONT_DATE
 
 
 def test_rendering_the_exported_page_shows_exactly_the_scan(tmp_path):

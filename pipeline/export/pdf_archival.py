@@ -22,6 +22,9 @@ result before archiving it.
 
 from __future__ import annotations
 
+import functools
+import struct
+
 import pikepdf
 from PIL import ImageCms
 
@@ -34,8 +37,20 @@ class NotArchivable(Exception):
     """The PDF cannot honestly be declared PDF/A-2b; the message says what is in the way."""
 
 
+# The ICC header's creation date (bytes 24-35: year, month, day, hour, minute, second as
+# big-endian uint16). littleCMS stamps the current time there, so a PDF built across a second
+# boundary differed from one built just before; the profile carries no ID (an MD5 over the
+# header) that the fixed date would invalidate.
+ICC_DATE = slice(24, 36)
+ICC_FIXED_DATE = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
+
+
+@functools.cache
 def _srgb_profile() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    """littleCMS's sRGB profile with a fixed creation date: the same bytes in every export."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[ICC_DATE] = ICC_FIXED_DATE
+    return bytes(icc)
 
 
 def _font_embedded(font: pikepdf.Dictionary) -> bool:

@@ -23,6 +23,9 @@ UNITS = 1000
 ASCENT = 800  # of UNITS; the layer puts a line's baseline this far down its box
 DESCENT = 200
 NARROW, WIDE = 500, 1000
+# The head table's created/modified dates (seconds since 1904): fixed, not fontTools' clock, so a
+# document's font, and so its PDF, has the same bytes whenever it is built (2000-01-01).
+FONT_DATE = 3029529600
 
 
 SPACE = 250  # a quarter em, as in print: keeps the gap between words narrower than a column gap
@@ -66,6 +69,8 @@ def glyphless_font(chars: Iterable[str]) -> bytes:
         fsType=0,  # installable embedding: nothing restricts copying the text
     )
     builder.setupPost()
+    builder.font["head"].created = builder.font["head"].modified = FONT_DATE
+    builder.font.recalcTimestamp = False  # saving would stamp `modified` with the time
     out = io.BytesIO()
     builder.save(out)
     return out.getvalue()
