@@ -379,8 +379,9 @@ def test_decode_graphs_run_at_fixed_shapes_and_give_the_same_outputs(
     assert result.returncode == ExitCode.OK, result.stderr
     assert comparable(assert_complete_outputs(out, GOOD_PAGES)) == comparable(reference_run)
     log = (out / "run.log").read_text()
+    # Every worker that loaded says so (a run this short may end before the second is ready).
     modes = re.findall(r"worker cpu:\d ready on .*; decode: (.*)", log)
-    assert modes == ["fixed shapes, eager (no device graphs on cpu)"] * 2, log
+    assert modes and set(modes) == {"fixed shapes, eager (no device graphs on cpu)"}, log
 
 
 def test_decode_graphs_with_the_remote_code_model_is_refused_before_any_work(
